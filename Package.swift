@@ -1,0 +1,80 @@
+// swift-tools-version: 6.2
+//
+// IOMMUKit: a userspace implementation of the Linux IOMMU stack.
+// One module per layer; see docs/architecture.md (and DESIGN.md in the project's shared material).
+
+import PackageDescription
+
+/// Settings every IOMMUKit target shares: Swift 6 mode (strict concurrency) and explicit `any`.
+let strictSettings: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "IOMMUKit",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "IOMMUKit", targets: ["IOMMUKit"]),
+        .executable(name: "iommu", targets: ["iommu"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // MARK: - Library layers, bottom to top
+        .target(name: "IOMMUBase", swiftSettings: strictSettings),
+        .target(name: "PhysicalMemory", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
+        .target(name: "IOPageTable", dependencies: ["IOMMUBase", "PhysicalMemory"], swiftSettings: strictSettings),
+        .target(name: "IOVAAllocator", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
+        .target(
+            name: "IOMMUKit",
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator"],
+            swiftSettings: strictSettings
+        ),
+
+        // MARK: - Command-line tool
+        .target(
+            name: "IOMMUCLI",
+            dependencies: [
+                "IOMMUKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(name: "iommu", dependencies: ["IOMMUCLI"], swiftSettings: strictSettings),
+
+        // MARK: - Tests
+        .target(
+            name: "IOMMUTestSupport",
+            dependencies: ["IOMMUBase"],
+            path: "Tests/IOMMUTestSupport",
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IOMMUBaseTests",
+            dependencies: ["IOMMUBase", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "PhysicalMemoryTests",
+            dependencies: ["PhysicalMemory", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IOPageTableTests",
+            dependencies: ["IOPageTable", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IOVAAllocatorTests",
+            dependencies: ["IOVAAllocator", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IOMMUCLITests",
+            dependencies: ["IOMMUCLI", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+    ]
+)

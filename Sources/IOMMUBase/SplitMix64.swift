@@ -1,0 +1,19 @@
+/// A small, fast, seedable random number generator (Steele, Lea and Flood's SplitMix64).
+///
+/// Used wherever IOMMUKit needs reproducible randomness: property tests, benchmark workloads,
+/// `--seed` options. The same seed gives the same sequence on every platform.
+@frozen
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+
+    @inlinable public init(seed: UInt64) { self.state = seed }
+
+    @inlinable
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

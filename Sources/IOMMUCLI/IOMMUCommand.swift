@@ -1,0 +1,16 @@
+import ArgumentParser
+
+/// The `iommu` tool: the IOMMUKit stack from the command line.
+public struct IOMMUCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "iommu",
+        abstract: "A userspace model of the Linux IOMMU stack: page tables, IOVA allocation and more.",
+        discussion: """
+            Exit status: 0 on success, 1 when a check or expectation failed, 2 on bad input.
+            """,
+        version: "0.1.0",
+        subcommands: [DemoCommand.self]
+    )
+
+    public init() {}
+}

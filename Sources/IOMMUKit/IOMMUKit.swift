@@ -1,0 +1,5 @@
+// The umbrella module: one import for users who want the whole stack.
+@_exported import IOMMUBase
+@_exported import PhysicalMemory
+@_exported import IOPageTable
+@_exported import IOVAAllocator

@@ -1,0 +1,1 @@
+// The IO page-table formats; see IOPageTable.swift.

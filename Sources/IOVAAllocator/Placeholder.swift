@@ -1,0 +1,1 @@
+// The IOVA allocator; see IOVADomain.swift.

@@ -1,0 +1,3 @@
+import IOMMUCLI
+
+IOMMUCommand.main()
