@@ -8,6 +8,8 @@ final class FakeIOMMUDriver: IOMMUDriver {
         var pageSizes = PageSizeBitmap([.size4K, .size2M, .size1G])
         /// Page sizes `finaliseDomain` sets (nil: keep `pageSizes`).
         var finalPageSizes: PageSizeBitmap?
+        /// Page sizes `finaliseDomain` sets for one domain type (wins over `finalPageSizes`).
+        var finalPageSizesByType: [UInt32: PageSizeBitmap] = [:]
         /// def_domain_type per device name.
         var defaultTypes: [String: IOMMUDomainType] = [:]
         /// device_group answer per device name (default `.pciDefault`).
@@ -91,7 +93,9 @@ final class FakeIOMMUDriver: IOMMUDriver {
 
     func finaliseDomain(_ domain: IOMMUDomain, for device: IOMMUDeviceInfo) throws(IOMMUError) {
         log(.finalise(domain.serial))
-        if domain.type.isPaging, let final = config.withLock({ $0.finalPageSizes }) {
+        if domain.type.isPaging,
+            let final = config.withLock({ $0.finalPageSizesByType[domain.type.rawValue] ?? $0.finalPageSizes })
+        {
             domain.setPageSizes(final)
         }
         domain.setGeometry(DomainGeometry(apertureStart: IOVA(0), apertureEnd: IOVA((1 << 48) - 1), forceAperture: true))
