@@ -28,8 +28,10 @@ public struct ScatterEntry: Hashable, Sendable {
 /// unmap take no core lock: like Linux, concurrent callers must use disjoint ranges, and the
 /// driver's ops synchronise the page table.
 public final class IOMMUDomain: Sendable, CustomStringConvertible {
-    /// The domain type (never changes).
-    public let type: IOMMUDomainType
+    /// The domain type. It changes only from DMA to DMA-FQ in place (the sysfs `type` switch);
+    /// the paging bit never changes.
+    public var type: IOMMUDomainType { IOMMUDomainType(rawValue: typeBits.load(ordering: .relaxed)) }
+    private let typeBits: Atomic<UInt32>
     /// A number unique among the domains of one core, for messages and tests.
     public let serial: UInt64
     /// The driver side: page table and TLB.
@@ -51,7 +53,7 @@ public final class IOMMUDomain: Sendable, CustomStringConvertible {
         type: IOMMUDomainType, serial: UInt64, ops: any IOMMUDomainOps, driver: any IOMMUDriver,
         trace: any IOMMUTraceSink, warnings: any WarningSink
     ) {
-        self.type = type
+        self.typeBits = Atomic(type.rawValue)
         self.serial = serial
         self.ops = ops
         self.driver = driver
@@ -62,6 +64,13 @@ public final class IOMMUDomain: Sendable, CustomStringConvertible {
     }
 
     // MARK: - Configuration (the driver's finalise step, the user's opt-in)
+
+    /// Converts a strict DMA domain to a flush-queue one in place. Linux: the DMA → DMA-FQ path
+    /// of `iommu_group_store_type()`.
+    func convertToFlushQueue() {
+        precondition(type == .dma, "only a DMA domain converts to DMA-FQ in place")
+        typeBits.store(IOMMUDomainType.dmaFQ.rawValue, ordering: .relaxed)
+    }
 
     /// The page sizes map/unmap may use. Linux: `domain->pgsize_bitmap`.
     public var pageSizes: PageSizeBitmap { PageSizeBitmap(rawValue: pageSizeBits.load(ordering: .acquiring)) }
