@@ -48,7 +48,7 @@ let package = Package(
         // MARK: - Tests
         .target(
             name: "IOMMUTestSupport",
-            dependencies: ["IOMMUBase"],
+            dependencies: ["IOMMUBase", "IOMMUCore"],
             path: "Tests/IOMMUTestSupport",
             swiftSettings: strictSettings
         ),

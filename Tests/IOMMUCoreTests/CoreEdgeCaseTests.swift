@@ -1,5 +1,6 @@
 import IOMMUBase
 import IOMMUCore
+import IOMMUTestSupport
 import Testing
 
 /// The "Edge cases and their results (IOMMU core)" list of the reference, §3, one test each,

@@ -1,5 +1,6 @@
 import IOMMUBase
 import IOMMUCore
+import IOMMUTestSupport
 import Testing
 
 @Suite("Group type attribute (§3.7) and IOMMU unregistration")

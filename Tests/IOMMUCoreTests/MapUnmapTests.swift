@@ -1,5 +1,6 @@
 import IOMMUBase
 import IOMMUCore
+import IOMMUTestSupport
 import Testing
 
 /// One probed PCI device and an unmanaged domain to map into.

@@ -1,5 +1,6 @@
 import IOMMUBase
 import IOMMUCore
+import IOMMUTestSupport
 import Testing
 
 /// All orderings of `items`.

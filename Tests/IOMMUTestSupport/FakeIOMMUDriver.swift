@@ -2,36 +2,39 @@ import IOMMUBase
 import IOMMUCore
 import Synchronization
 
-/// A fake IOMMU driver: configurable answers, recorded calls, a dictionary "page table".
-final class FakeIOMMUDriver: IOMMUDriver {
-    struct Config {
-        var pageSizes = PageSizeBitmap([.size4K, .size2M, .size1G])
+/// A fake IOMMU driver for tests of IOMMUCore and the layers above it: configurable answers
+/// (page sizes, def_domain_type, group choices, probe errors and deferrals, attach failures,
+/// unsupported domain types, reserved regions, capabilities), recorded calls, and a dictionary
+/// "page table" per domain (`FakeDomainOps`).
+public final class FakeIOMMUDriver: IOMMUDriver {
+    public struct Config: Sendable {
+        public var pageSizes = PageSizeBitmap([.size4K, .size2M, .size1G])
         /// Page sizes `finaliseDomain` sets (nil: keep `pageSizes`).
-        var finalPageSizes: PageSizeBitmap?
+        public var finalPageSizes: PageSizeBitmap?
         /// Page sizes `finaliseDomain` sets for one domain type (wins over `finalPageSizes`).
-        var finalPageSizesByType: [UInt32: PageSizeBitmap] = [:]
+        public var finalPageSizesByType: [UInt32: PageSizeBitmap] = [:]
         /// def_domain_type per device name.
-        var defaultTypes: [String: IOMMUDomainType] = [:]
+        public var defaultTypes: [String: IOMMUDomainType] = [:]
         /// device_group answer per device name (default `.pciDefault`).
-        var groupChoices: [String: IOMMUGroupChoice] = [:]
+        public var groupChoices: [String: IOMMUGroupChoice] = [:]
         /// device_group error per device name.
-        var groupErrors: [String: IOMMUError] = [:]
+        public var groupErrors: [String: IOMMUError] = [:]
         /// probe_device error per device name.
-        var probeErrors: [String: IOMMUError] = [:]
+        public var probeErrors: [String: IOMMUError] = [:]
         /// How many more probes answer EPROBE_DEFER (for any device).
-        var deferProbes = 0
+        public var deferProbes = 0
         /// attach_dev fails for these device names.
-        var failAttach: Set<String> = []
+        public var failAttach: Set<String> = []
         /// Domain types the driver refuses to allocate.
-        var unsupportedTypes: Set<UInt32> = []
+        public var unsupportedTypes: Set<UInt32> = []
         /// Reserved regions per device name.
-        var regions: [String: [ReservedRegion]] = [:]
-        var capabilities: Set<IOMMUCapability> = []
+        public var regions: [String: [ReservedRegion]] = [:]
+        public var capabilities: Set<IOMMUCapability> = []
         /// iotlb_sync_map fails.
-        var failSyncMap = false
+        public var failSyncMap = false
     }
 
-    enum Event: Equatable {
+    public enum Event: Equatable, Sendable {
         case probe(String)
         case release(String)
         case finalise(UInt64)
@@ -39,28 +42,29 @@ final class FakeIOMMUDriver: IOMMUDriver {
         case detach(String, UInt64)
     }
 
-    let name: String
-    let config: Mutex<Config>
-    let events = Mutex<[Event]>([])
-    let failNth = FailNth()
-    let domainsFreed = Atomic<Int>(0)
-    let domainsAllocated = Atomic<Int>(0)
+    public let name: String
+    public let config: Mutex<Config>
+    public let events = Mutex<[Event]>([])
+    /// Arm it to make the N-th page `mapPages` maps fail with ENOMEM (after mapping the ones before).
+    public let failNth = FailNth()
+    public let domainsFreed = Atomic<Int>(0)
+    public let domainsAllocated = Atomic<Int>(0)
 
-    init(name: String = "fake-iommu", _ configure: (inout Config) -> Void = { _ in }) {
+    public init(name: String = "fake-iommu", _ configure: (inout Config) -> Void = { _ in }) {
         self.name = name
         var config = Config()
         configure(&config)
         self.config = Mutex(config)
     }
 
-    func configure(_ body: (inout Config) -> Void) { config.withLock { body(&$0) } }
-    var recorded: [Event] { events.withLock { $0 } }
-    func clearEvents() { events.withLock { $0.removeAll() } }
+    public func configure(_ body: (inout Config) -> Void) { config.withLock { body(&$0) } }
+    public var recorded: [Event] { events.withLock { $0 } }
+    public func clearEvents() { events.withLock { $0.removeAll() } }
     private func log(_ event: Event) { events.withLock { $0.append(event) } }
 
-    var pageSizes: PageSizeBitmap { config.withLock { $0.pageSizes } }
+    public var pageSizes: PageSizeBitmap { config.withLock { $0.pageSizes } }
 
-    func probeDevice(_ device: IOMMUDeviceInfo) throws(IOMMUError) {
+    public func probeDevice(_ device: IOMMUDeviceInfo) throws(IOMMUError) {
         let error: IOMMUError? = config.withLock { c in
             if c.deferProbes > 0 {
                 c.deferProbes -= 1
@@ -72,26 +76,26 @@ final class FakeIOMMUDriver: IOMMUDriver {
         log(.probe(device.name))
     }
 
-    func releaseDevice(_ device: IOMMUDeviceInfo) { log(.release(device.name)) }
+    public func releaseDevice(_ device: IOMMUDeviceInfo) { log(.release(device.name)) }
 
-    func deviceGroup(_ device: IOMMUDeviceInfo) throws(IOMMUError) -> IOMMUGroupChoice {
+    public func deviceGroup(_ device: IOMMUDeviceInfo) throws(IOMMUError) -> IOMMUGroupChoice {
         let (choice, error) = config.withLock { ($0.groupChoices[device.name], $0.groupErrors[device.name]) }
         if let error { throw error }
         return choice ?? .pciDefault
     }
 
-    func defaultDomainType(for device: IOMMUDeviceInfo) -> IOMMUDomainType? {
+    public func defaultDomainType(for device: IOMMUDeviceInfo) -> IOMMUDomainType? {
         config.withLock { $0.defaultTypes[device.name] }
     }
 
-    func allocateDomain(type: IOMMUDomainType, for device: IOMMUDeviceInfo?) throws(IOMMUError) -> any IOMMUDomainOps {
+    public func allocateDomain(type: IOMMUDomainType, for device: IOMMUDeviceInfo?) throws(IOMMUError) -> any IOMMUDomainOps {
         let (unsupported, failSync) = config.withLock { ($0.unsupportedTypes.contains(type.rawValue), $0.failSyncMap) }
         if unsupported { throw IOMMUError(.notSupported) }
         domainsAllocated.wrappingAdd(1, ordering: .relaxed)
         return FakeDomainOps(driver: self, failSyncMap: failSync)
     }
 
-    func finaliseDomain(_ domain: IOMMUDomain, for device: IOMMUDeviceInfo) throws(IOMMUError) {
+    public func finaliseDomain(_ domain: IOMMUDomain, for device: IOMMUDeviceInfo) throws(IOMMUError) {
         log(.finalise(domain.serial))
         if domain.type.isPaging,
             let final = config.withLock({ $0.finalPageSizesByType[domain.type.rawValue] ?? $0.finalPageSizes })
@@ -101,65 +105,75 @@ final class FakeIOMMUDriver: IOMMUDriver {
         domain.setGeometry(DomainGeometry(apertureStart: IOVA(0), apertureEnd: IOVA((1 << 48) - 1), forceAperture: true))
     }
 
-    func attachDevice(_ device: IOMMUDeviceInfo, to domain: IOMMUDomain) throws(IOMMUError) {
+    public func attachDevice(_ device: IOMMUDeviceInfo, to domain: IOMMUDomain) throws(IOMMUError) {
         if config.withLock({ $0.failAttach.contains(device.name) }) { throw IOMMUError(.noSuchDevice, device: device.id) }
         log(.attach(device.name, domain.serial))
     }
 
-    func detachDevice(_ device: IOMMUDeviceInfo, from domain: IOMMUDomain) {
+    public func detachDevice(_ device: IOMMUDeviceInfo, from domain: IOMMUDomain) {
         log(.detach(device.name, domain.serial))
     }
 
-    func reservedRegions(for device: IOMMUDeviceInfo) -> [ReservedRegion] {
+    public func reservedRegions(for device: IOMMUDeviceInfo) -> [ReservedRegion] {
         config.withLock { $0.regions[device.name] ?? [] }
     }
 
-    func capable(_ capability: IOMMUCapability, device: IOMMUDeviceInfo) -> Bool {
+    public func capable(_ capability: IOMMUCapability, device: IOMMUDeviceInfo) -> Bool {
         config.withLock { $0.capabilities.contains(capability) }
     }
 }
 
 /// A page table as a dictionary from IOVA to (paddr, size, prot); records every driver call.
-final class FakeDomainOps: IOMMUDomainOps {
-    struct Mapping: Equatable {
-        var paddr: UInt64
-        var size: UInt64
-        var prot: IOMMUProt
+public final class FakeDomainOps: IOMMUDomainOps {
+    public struct Mapping: Equatable, Sendable {
+        public var paddr: UInt64
+        public var size: UInt64
+        public var prot: IOMMUProt
+        public init(paddr: UInt64, size: UInt64, prot: IOMMUProt) {
+            self.paddr = paddr
+            self.size = size
+            self.prot = prot
+        }
     }
 
-    struct Call: Equatable {
-        var iova: UInt64
-        var pageSize: UInt64
-        var count: UInt64
+    public struct Call: Equatable, Sendable {
+        public var iova: UInt64
+        public var pageSize: UInt64
+        public var count: UInt64
+        public init(iova: UInt64, pageSize: UInt64, count: UInt64) {
+            self.iova = iova
+            self.pageSize = pageSize
+            self.count = count
+        }
     }
 
-    struct State {
-        var mappings: [UInt64: Mapping] = [:]
-        var mapCalls: [Call] = []
-        var unmapCalls: [Call] = []
-        var syncs = 0
-        var flushAlls = 0
+    public struct State: Sendable {
+        public var mappings: [UInt64: Mapping] = [:]
+        public var mapCalls: [Call] = []
+        public var unmapCalls: [Call] = []
+        public var syncs = 0
+        public var flushAlls = 0
     }
 
-    unowned let driver: FakeIOMMUDriver
-    let failSyncMap: Bool
-    let state = Mutex(State())
-    let freed = Atomic<Bool>(false)
+    public unowned let driver: FakeIOMMUDriver
+    public let failSyncMap: Bool
+    public let state = Mutex(State())
+    public let freed = Atomic<Bool>(false)
 
-    init(driver: FakeIOMMUDriver, failSyncMap: Bool) {
+    public init(driver: FakeIOMMUDriver, failSyncMap: Bool) {
         self.driver = driver
         self.failSyncMap = failSyncMap
     }
 
-    var mappings: [UInt64: Mapping] { state.withLock { $0.mappings } }
-    var mapCalls: [Call] { state.withLock { $0.mapCalls } }
-    var unmapCalls: [Call] { state.withLock { $0.unmapCalls } }
+    public var mappings: [UInt64: Mapping] { state.withLock { $0.mappings } }
+    public var mapCalls: [Call] { state.withLock { $0.mapCalls } }
+    public var unmapCalls: [Call] { state.withLock { $0.unmapCalls } }
 
     private static func containing(_ mappings: [UInt64: Mapping], _ address: UInt64) -> UInt64? {
         mappings.first { address >= $0.key && address - $0.key < $0.value.size }?.key
     }
 
-    func mapPages(
+    public func mapPages(
         iova: IOVA, paddr: PhysAddr, pageSize: PageSize, count: UInt64, prot: IOMMUProt, mapped: inout UInt64
     ) throws(IOMMUError) {
         let failNth = driver.failNth
@@ -181,7 +195,7 @@ final class FakeDomainOps: IOMMUDomainOps {
         if let result { throw result }
     }
 
-    func unmapPages(iova: IOVA, pageSize: PageSize, count: UInt64, gather: inout IOTLBGather) -> UInt64 {
+    public func unmapPages(iova: IOVA, pageSize: PageSize, count: UInt64, gather: inout IOTLBGather) -> UInt64 {
         let unmapped: UInt64 = state.withLock { s in
             s.unmapCalls.append(Call(iova: iova.rawValue, pageSize: pageSize.bytes, count: count))
             var cursor = iova.rawValue
@@ -197,58 +211,28 @@ final class FakeDomainOps: IOMMUDomainOps {
         return unmapped
     }
 
-    func iovaToPhys(_ iova: IOVA) -> PhysAddr? {
+    public func iovaToPhys(_ iova: IOVA) -> PhysAddr? {
         state.withLock { s in
             guard let key = Self.containing(s.mappings, iova.rawValue) else { return nil }
             return PhysAddr(s.mappings[key]!.paddr + (iova.rawValue - key))
         }
     }
 
-    func flushIOTLBAll() { state.withLock { $0.flushAlls += 1 } }
-    func iotlbSync(_ gather: inout IOTLBGather) { state.withLock { $0.syncs += 1 } }
+    public func flushIOTLBAll() { state.withLock { $0.flushAlls += 1 } }
+    public func iotlbSync(_ gather: inout IOTLBGather) { state.withLock { $0.syncs += 1 } }
 
-    func iotlbSyncMap(iova: IOVA, length: UInt64) throws(IOMMUError) {
-        if failSyncMap { throw IOMMUError(.ioErrorForTests, address: iova.rawValue) }
+    public func iotlbSyncMap(iova: IOVA, length: UInt64) throws(IOMMUError) {
+        if failSyncMap { throw IOMMUError(.notPermitted, address: iova.rawValue) }
     }
 
-    func free() {
+    public func free() {
         let (exchanged, _) = freed.compareExchange(expected: false, desired: true, ordering: .relaxed)
         precondition(exchanged, "domain freed twice")
         driver.domainsFreed.wrappingAdd(1, ordering: .relaxed)
     }
 }
 
-extension IOMMUError.Reason {
-    /// Any error the core must pass through unchanged.
-    static var ioErrorForTests: Self { .notPermitted }
-}
-
 extension IOMMUDomain {
-    /// The fake page table behind a domain.
-    var fake: FakeDomainOps { ops as! FakeDomainOps }
-}
-
-/// A core with recording sinks.
-struct Harness {
-    let core: IOMMUCore
-    let warnings = RecordingWarningSink()
-    let trace = RecordingTraceSink()
-
-    init(cpuPageSize: PageSize = .size4K, defaultDomainType: IOMMUDomainType = .dma) {
-        let warnings = warnings
-        let trace = trace
-        core = IOMMUCore(
-            configuration: IOMMUCoreConfiguration(cpuPageSize: cpuPageSize, defaultDomainType: defaultDomainType),
-            warnings: warnings, trace: trace)
-    }
-
-    var traceLines: [String] { trace.lines }
-}
-
-func spec(_ iommu: String, _ streams: UInt32...) -> FirmwareIOMMUSpec {
-    FirmwareIOMMUSpec(iommu: iommu, streamIDs: streams.map { StreamID($0) })
-}
-
-func pciAddress(_ bus: UInt8, _ device: UInt8, _ function: UInt8 = 0) -> PCIAddress {
-    PCIAddress(bus: bus, device: device, function: function)
+    /// The fake page table behind a domain allocated by `FakeIOMMUDriver`.
+    public var fake: FakeDomainOps { ops as! FakeDomainOps }
 }
