@@ -293,6 +293,17 @@ public final class IOMMUCore: Sendable {
         }
     }
 
+    /// Whether the IOMMU the device is probed behind has a capability; false for a device that is
+    /// not probed. Linux: `device_iommu_capable()`.
+    public func capable(_ capability: IOMMUCapability, device id: DeviceID) -> Bool {
+        state.withLock { s in
+            guard let record = s.devices[id], record.probeState == .probed, let instance = record.instance,
+                let driver = s.instances[instance]?.driver
+            else { return false }
+            return driver.capable(capability, device: record.info)
+        }
+    }
+
     /// The domain the device's group is attached to. Linux: `iommu_get_domain_for_dev()`.
     public func domain(for id: DeviceID) -> IOMMUDomain? {
         state.withLock { s in

@@ -110,6 +110,16 @@ struct RegistryTests {
         #expect(PCIAddress(segment: 1, bus: 0x1A, device: 0x1F, function: 7).description == "0001:1a:1f.7")
     }
 
+    @Test func capabilitiesComeFromTheDeviceIOMMU() throws {
+        let h = Harness()
+        try h.core.registerIOMMU(name: "smmu0", driver: FakeIOMMUDriver { $0.capabilities = [.cacheCoherency] })
+        let probed = try h.core.addDevice(.platform("a", iommu: spec("smmu0", 1)))
+        let deferred = try h.core.addDevice(.platform("b", iommu: spec("smmu1", 1)))
+        #expect(h.core.capable(.cacheCoherency, device: probed))
+        #expect(!h.core.capable(.noExec, device: probed))
+        #expect(!h.core.capable(.cacheCoherency, device: deferred))
+    }
+
     @Test func concurrentProbeAndRemoveLeaveNothingBehind() async throws {
         let h = Harness()
         let driver = FakeIOMMUDriver()
