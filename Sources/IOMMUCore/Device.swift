@@ -143,6 +143,21 @@ public struct IOMMUDeviceInfo: Hashable, Sendable, CustomStringConvertible {
     public let pci: PCIDeviceFirmware?
     public let firmwareReservedRegions: [ReservedRegion]
 
+    /// Builds the snapshot by hand, for unit tests of a driver without a core. The core builds
+    /// these itself in `addDevice`.
+    public init(
+        id: DeviceID, name: String, bus: String, busKind: BusKind, iommu: FirmwareIOMMUSpec?,
+        pci: PCIDeviceFirmware? = nil, firmwareReservedRegions: [ReservedRegion] = []
+    ) {
+        self.id = id
+        self.name = name
+        self.bus = bus
+        self.busKind = busKind
+        self.iommu = iommu
+        self.pci = pci
+        self.firmwareReservedRegions = firmwareReservedRegions
+    }
+
     /// The stream IDs from firmware (empty if not behind an IOMMU).
     public var streamIDs: [StreamID] { iommu?.streamIDs ?? [] }
     /// An untrusted (external-facing) PCI device. Linux: `dev_is_untrusted()`.

@@ -343,7 +343,9 @@ extension IOMMUCore {
     /// driver's name, whether or not a handler is installed — also for a device attached to no
     /// domain, e.g. a deferred one).
     ///
-    /// Linux: `report_iommu_fault()`.
+    /// Linux: `report_iommu_fault()`. Takes the registry lock briefly, then calls the handler
+    /// with no core lock held: call it without holding any lock your `IOMMUDriver` callbacks take
+    /// (they run under the registry lock), or the two can deadlock.
     /// - Returns: `nil` if a handler handled it; the handler's errno; `notImplemented` (ENOSYS)
     ///   without a handler or domain; `noSuchDevice` for an unknown device.
     @discardableResult

@@ -261,6 +261,7 @@ public final class IOMMUCore: Sendable {
 
     /// The device (probed or not) that firmware places behind IOMMU instance `iommu` with stream
     /// ID `streamID`; what a hardware model uses to find the device of a transaction.
+    /// - Complexity: O(devices).
     public func device(onIOMMU iommu: String, streamID: StreamID) -> DeviceID? {
         state.withLock { s in
             s.deviceOrder.first { id in
@@ -270,26 +271,43 @@ public final class IOMMUCore: Sendable {
         }
     }
 
+    /// The device firmware places behind `iommu` with `streamID`, and how its DMA is handled
+    /// right now; `nil` for a stream no device description names (the hardware's own policy for
+    /// unknown streams applies: fault or bypass).
+    public func dmaPath(onIOMMU iommu: String, streamID: StreamID) -> (device: DeviceID, path: DMAPath)? {
+        state.withLock { s in
+            let found = s.deviceOrder.first { id in
+                guard let spec = s.devices[id]?.info.iommu else { return false }
+                return spec.iommu == iommu && spec.streamIDs.contains(streamID)
+            }
+            guard let found else { return nil }
+            return (found, dmaPathLocked(&s, found))
+        }
+    }
+
     /// How the device's DMA is handled right now: not behind an IOMMU, not probed (deferred or
     /// failed: must fault), blocked, identity or translated through a domain.
     ///
     /// The hardware layer asks this (or keeps its stream table in step with attach calls) to
-    /// decide what a transaction from the device does.
+    /// decide what a transaction from the device does. Takes the registry lock: call it without
+    /// holding any lock your `IOMMUDriver` callbacks take (they run under the registry lock).
     public func dmaPath(for id: DeviceID) -> DMAPath {
-        state.withLock { s in
-            guard let record = s.devices[id] else { return .notProbed }
-            switch record.probeState {
-            case .noIOMMU: return .noIOMMU
-            case .deferred, .probeFailed: return .notProbed
-            case .probed:
-                guard let domain = record.attached else { return .blocked(nil) }
-                if let serial = record.groupSerial, s.groups[serial]?.blockingDomain === domain {
-                    return .blocked(domain)
-                }
-                if domain.type == .blocked { return .blocked(domain) }
-                if domain.type == .identity { return .identity(domain) }
-                return .translated(domain)
+        state.withLock { s in dmaPathLocked(&s, id) }
+    }
+
+    func dmaPathLocked(_ s: inout RegistryState, _ id: DeviceID) -> DMAPath {
+        guard let record = s.devices[id] else { return .notProbed }
+        switch record.probeState {
+        case .noIOMMU: return .noIOMMU
+        case .deferred, .probeFailed: return .notProbed
+        case .probed:
+            guard let domain = record.attached else { return .blocked(nil) }
+            if let serial = record.groupSerial, s.groups[serial]?.blockingDomain === domain {
+                return .blocked(domain)
             }
+            if domain.type == .blocked { return .blocked(domain) }
+            if domain.type == .identity { return .identity(domain) }
+            return .translated(domain)
         }
     }
 
