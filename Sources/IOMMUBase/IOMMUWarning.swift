@@ -80,6 +80,10 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
     case unbindOfUnboundDevice(device: DeviceID)
     /// The last device left a group that was still claimed for user-space DMA (Linux: WARN).
     case groupEmptiedWhileOwned(group: Int)
+    /// A device with a DIRECT reserved region was to be put on a blocking domain; refused with
+    /// EINVAL. Linux 6.12: "Firmware has requested this device have a 1:1 IOMMU mapping,
+    /// rejecting configuring the device without a 1:1 mapping. Contact your platform vendor."
+    case deviceRequiresDirectMapping(device: DeviceID)
 
     public var description: String {
         func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
@@ -140,6 +144,8 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
             return "\(device): driver unbind, but no driver is bound"
         case let .groupEmptiedWhileOwned(group):
             return "iommu group \(group): last device removed while the group is claimed for user-space DMA"
+        case let .deviceRequiresDirectMapping(device):
+            return "\(device): Firmware has requested this device have a 1:1 IOMMU mapping, rejecting configuring the device without a 1:1 mapping. Contact your platform vendor."
         }
     }
 }

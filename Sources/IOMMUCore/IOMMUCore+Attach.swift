@@ -186,12 +186,22 @@ extension IOMMUCore {
     /// finalise and attach steps, and a failure re-attaches the previous domain and throws
     /// EFAULT. A paging domain passes if it supports the CPU page size or anything smaller;
     /// otherwise only if it opted in with `allowsLargePages` and the device is trusted.
+    /// A device with a DIRECT reserved region cannot be put on a blocked or blocking domain
+    /// (EINVAL, `deviceRequiresDirectMapping`; Linux 6.12 `require_direct`).
     func attachDeviceLocked(
         _ s: inout RegistryState, _ id: DeviceID, to domain: IOMMUDomain, checkPageSize: Bool
     ) throws(IOMMUError) {
         let record = s.devices[id]!
         let info = record.info
         let driver = domain.driver
+        if domain.type == .blocked || domain === record.groupSerial.flatMap({ s.groups[$0]?.blockingDomain }) {
+            // Linux 6.12 `require_direct`: firmware says this device's DIRECT regions must stay
+            // identity mapped, so it may not be blocked (e.g. claimed by VFIO).
+            if deviceRegions(&s, id).contains(where: { $0.type == .direct }) {
+                warnings.warn(.deviceRequiresDirectMapping(device: id))
+                throw IOMMUError(.invalidArgument, device: id)
+            }
+        }
         try finaliseIfNeeded(domain, for: info)
         try driver.attachDevice(info, to: domain)
         if checkPageSize && domain.type.isPaging {
@@ -219,7 +229,8 @@ extension IOMMUCore {
     /// Linux: `iommu_group_claim_dma_owner()`.
     /// - Throws: `noSuchDevice` for an unknown group; `notPermitted` (EPERM) if the group already
     ///   has users (a bound DMA-API driver or another claim); `busy` (EBUSY) if the group is not
-    ///   on its default domain.
+    ///   on its default domain; `invalidArgument` (EINVAL) if a member has a DIRECT reserved
+    ///   region (Linux 6.12 `require_direct`).
     public func claimDMAOwnership(ofGroup groupID: Int, owner: DMAOwner) throws(IOMMUError) {
         try state.withLock { s throws(IOMMUError) in
             guard let serial = s.groups.values.first(where: { $0.id == groupID })?.serial else {
@@ -329,9 +340,9 @@ extension IOMMUCore {
         }
     }
 
-    private func deviceRegions(_ s: inout RegistryState, _ id: DeviceID) -> [ReservedRegion] {
-        guard let record = s.devices[id], record.probeState == .probed, let instance = record.instance,
-            let driver = s.instances[instance]?.driver
+    func deviceRegions(_ s: inout RegistryState, _ id: DeviceID) -> [ReservedRegion] {
+        // `instance` is set from the moment the driver accepted the device until it is released.
+        guard let record = s.devices[id], let instance = record.instance, let driver = s.instances[instance]?.driver
         else { return [] }
         return driver.reservedRegions(for: record.info) + record.info.firmwareReservedRegions
     }

@@ -352,3 +352,31 @@ struct OwnershipTests {
         #expect(h.core.liveDomainCount == 0)
     }
 }
+
+@Suite("require_direct (Linux 6.12)")
+struct RequireDirectTests {
+    @Test func aDeviceWithADirectRegionCannotBeClaimedOrBlocked() throws {
+        let h = Harness()
+        let driver = FakeIOMMUDriver {
+            $0.regions["gpu"] = [ReservedRegion(start: 0x9000_0000, length: 0x1000, prot: .read, type: .direct)]
+            $0.regions["usb"] = [ReservedRegion(start: 0x9100_0000, length: 0x1000, prot: .read, type: .directRelaxable)]
+        }
+        try h.core.registerIOMMU(name: "smmu0", driver: driver)
+        let gpu = try h.core.addDevice(.platform("gpu", iommu: spec("smmu0", 1)))
+        let usb = try h.core.addDevice(.platform("usb", iommu: spec("smmu0", 2)))
+        let gpuGroup = try #require(h.core.groupID(of: gpu))
+        #expect(throws: IOMMUError(.invalidArgument, device: gpu)) {
+            try h.core.claimDMAOwnership(ofGroup: gpuGroup, owner: DMAOwner(1))
+        }
+        #expect(h.warnings.warnings == [.deviceRequiresDirectMapping(device: gpu)])
+        #expect(h.core.groupInfo(id: gpuGroup)?.owner == nil)
+        #expect(h.core.dmaPath(for: gpu).domain === h.core.defaultDomain(for: gpu))
+        let blocked = try h.core.allocateDomain(type: .blocked, for: gpu)
+        #expect(throws: IOMMUError(.invalidArgument, device: gpu)) { try h.core.attachDevice(blocked, to: gpu) }
+        // An unmanaged domain is allowed (only blocking is refused), and relaxable regions never block.
+        let user = try h.core.allocateDomain(type: .unmanaged, for: gpu)
+        try h.core.attachDevice(user, to: gpu)
+        try h.core.claimDMAOwnership(of: usb, owner: DMAOwner(2))
+        #expect(h.core.dmaPath(for: usb).isBlocked)
+    }
+}

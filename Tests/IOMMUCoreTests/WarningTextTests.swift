@@ -21,6 +21,7 @@ struct WarningTextTests {
         .unbalancedDMAOwnershipRelease(group: 3),
         .unbindOfUnboundDevice(device: DeviceID(8)),
         .groupEmptiedWhileOwned(group: 4),
+        .deviceRequiresDirectMapping(device: DeviceID(9)),
     ]
 
     @Test(arguments: all)
