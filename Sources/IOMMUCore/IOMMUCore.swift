@@ -21,6 +21,23 @@ public struct IOMMUCoreConfiguration: Sendable {
         }
     }
 
+    /// Like `init`, but reports bad values (from a platform file, say) instead of trapping.
+    /// - Throws: `invalidConfiguration` (EINVAL) for a CPU page other than 4K/16K/64K or a
+    ///   global default other than DMA, DMA-FQ or identity.
+    public static func validated(
+        cpuPageSize: PageSize, defaultDomainType: IOMMUDomainType
+    ) throws(IOMMUError) -> IOMMUCoreConfiguration {
+        guard [PageSize.size4K, .size16K, .size64K].contains(cpuPageSize) else {
+            throw IOMMUError(.invalidConfiguration, length: cpuPageSize.bytes)
+        }
+        guard [IOMMUDomainType.dma, .dmaFQ, .identity].contains(defaultDomainType) else {
+            throw IOMMUError(.invalidConfiguration, address: UInt64(defaultDomainType.rawValue))
+        }
+        return IOMMUCoreConfiguration(cpuPageSize: cpuPageSize, defaultDomainType: defaultDomainType)
+    }
+
+    /// - Precondition: `cpuPageSize` is 4K, 16K or 64K; `defaultDomainType` is DMA, DMA-FQ or
+    ///   identity (use `validated` for untrusted input).
     public init(
         cpuPageSize: PageSize = .size4K, defaultDomainType: IOMMUDomainType = .dma,
         buses: [BusRegistration] = [.init(name: "pci", kind: .pci), .init(name: "platform", kind: .platform)]

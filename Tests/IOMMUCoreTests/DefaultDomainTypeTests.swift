@@ -110,6 +110,16 @@ struct RegistryTests {
         #expect(PCIAddress(segment: 1, bus: 0x1A, device: 0x1F, function: 7).description == "0001:1a:1f.7")
     }
 
+    @Test func configurationValidation() throws {
+        #expect(throws: IOMMUError(.invalidConfiguration, length: 0x2000)) {
+            try IOMMUCoreConfiguration.validated(cpuPageSize: PageSize(shift: 13), defaultDomainType: .dma)
+        }
+        #expect(throws: IOMMUError(.invalidConfiguration, address: 1)) {
+            try IOMMUCoreConfiguration.validated(cpuPageSize: .size4K, defaultDomainType: .unmanaged)
+        }
+        #expect(try IOMMUCoreConfiguration.validated(cpuPageSize: .size16K, defaultDomainType: .identity).cpuPageSize == .size16K)
+    }
+
     @Test func capabilitiesComeFromTheDeviceIOMMU() throws {
         let h = Harness()
         try h.core.registerIOMMU(name: "smmu0", driver: FakeIOMMUDriver { $0.capabilities = [.cacheCoherency] })

@@ -115,17 +115,22 @@ struct SeedScenarioTests {
         #expect(drivers["smmuA"]!.recorded.filter { if case .release = $0 { true } else { false } }.isEmpty)
         #expect(drivers["smmuB"]!.domainsAllocated.load(ordering: .relaxed) == 1)
 
-        // Trace: one add and one attach per device, with the right group, nothing removed.
+        // Trace: one add and one attach per device, with the right group, nothing removed. A
+        // device that founds its group (alone or in the same registration batch) is added, then
+        // attached to the new default domain; one joining a group that already has a domain is
+        // attached first, then added.
+        let smmuAIndex = order.firstIndex(of: .iommu("smmuA"))!
+        let bothBeforeSMMUA = [0, 1].allSatisfy { order.firstIndex(of: .device($0))! < smmuAIndex }
+        let laterOfPair = order.firstIndex(of: .device(0))! < order.firstIndex(of: .device(1))! ? 1 : 0
         for index in 0..<3 {
             let name = Self.names[index]
             let group = index == 2 ? groupB : groupA
-            #expect(h.traceLines.filter { $0.hasSuffix(" device=\(name)") } == [
-                "add_device_to_group: IOMMU: groupID=\(group) device=\(name)",
-                "attach_device_to_domain: IOMMU: device=\(name)",
-            ] || h.traceLines.filter { $0.hasSuffix(" device=\(name)") }.sorted() == [
-                "add_device_to_group: IOMMU: groupID=\(group) device=\(name)",
-                "attach_device_to_domain: IOMMU: device=\(name)",
-            ].sorted())
+            let add = "add_device_to_group: IOMMU: groupID=\(group) device=\(name)"
+            let attach = "attach_device_to_domain: IOMMU: device=\(name)"
+            let joinsExistingDomain = index == laterOfPair && !bothBeforeSMMUA
+            #expect(
+                h.traceLines.filter { $0.hasSuffix(" device=\(name)") } == (joinsExistingDomain ? [attach, add] : [add, attach]),
+                "\(order)")
         }
         #expect(!h.traceLines.contains { $0.hasPrefix("remove_device_from_group") })
         #expect(h.warnings.warnings.isEmpty)
