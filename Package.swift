@@ -27,9 +27,10 @@ let package = Package(
         .target(name: "PhysicalMemory", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
         .target(name: "IOPageTable", dependencies: ["IOMMUBase", "PhysicalMemory"], swiftSettings: strictSettings),
         .target(name: "IOVAAllocator", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
+        .target(name: "IOMMUCore", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
         .target(
             name: "IOMMUKit",
-            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator"],
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore"],
             swiftSettings: strictSettings
         ),
 
@@ -47,7 +48,7 @@ let package = Package(
         // MARK: - Tests
         .target(
             name: "IOMMUTestSupport",
-            dependencies: ["IOMMUBase"],
+            dependencies: ["IOMMUBase", "IOMMUCore"],
             path: "Tests/IOMMUTestSupport",
             swiftSettings: strictSettings
         ),
@@ -69,6 +70,11 @@ let package = Package(
         .testTarget(
             name: "IOVAAllocatorTests",
             dependencies: ["IOVAAllocator", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IOMMUCoreTests",
+            dependencies: ["IOMMUCore", "IOMMUTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

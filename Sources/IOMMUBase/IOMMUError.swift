@@ -91,6 +91,8 @@ public struct IOMMUError: Error, Hashable, Sendable, CustomStringConvertible {
         case badAddress
         /// The operation is not permitted for this caller or memory (EPERM).
         case notPermitted
+        /// An object with that name or identity already exists (EEXIST).
+        case alreadyExists
 
         @inlinable
         public var defaultCode: Errno {
@@ -100,7 +102,7 @@ public struct IOMMUError: Error, Hashable, Sendable, CustomStringConvertible {
                 .invalidArgument
             case .lengthOverflow: .overflow
             case .addressOutOfRange: .outOfRange
-            case .alreadyMapped: .exists
+            case .alreadyMapped, .alreadyExists: .exists
             case .notMapped: .notFound
             case .noIOVASpace, .outOfMemory, .lockedMemoryLimit: .noMemory
             case .notSupported: .notSupported

@@ -37,6 +37,54 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
     /// An allocation collided with an existing node on insert (Linux: WARN, not inserted).
     case iovaDuplicateInsert(pfn: PFN)
 
+    // MARK: - IOMMU core (Linux: iommu.c)
+
+    /// After attach (and the driver's finalise step), a paging domain's smallest IOMMU page is
+    /// larger than the CPU page, so one IOMMU page would expose neighbouring CPU pages; the attach
+    /// is rolled back with EFAULT. Linux (proposal, not mainline): `iommu_check_page_size()`,
+    /// "IOMMU pages cannot exactly represent CPU pages."
+    case iommuPagesCannotRepresentCPUPages(device: DeviceID, smallestIOMMUPageSize: UInt64, cpuPageSize: UInt64)
+    /// A map whose iova, paddr or size is not a multiple of the smallest page (EINVAL).
+    /// Linux: `pr_err("unaligned: iova 0x%lx pa %pa size 0x%zx min_pagesz 0x%x")`.
+    case unalignedMap(iova: IOVA, paddr: PhysAddr, size: UInt64, minPageSize: UInt64)
+    /// An unmap whose iova or size is not a multiple of the smallest page (0 bytes unmapped).
+    /// Linux: `pr_err("unaligned: iova 0x%lx size 0x%zx min_pagesz 0x%x")`.
+    case unalignedUnmap(iova: IOVA, size: UInt64, minPageSize: UInt64)
+    /// Devices of one group need different default domain types; the global default is used.
+    /// Linux (6.2): "Device needs domain type %s, but device %s in the same iommu group requires
+    /// type %s - using default". Types are `IOMMUDomainType` raw values.
+    case defaultDomainTypeConflict(device: DeviceID, type: UInt32, otherDevice: DeviceID, otherType: UInt32)
+    /// An untrusted device's driver asked for a non-DMA default domain; a strict DMA domain is
+    /// used instead. Linux 6.12 refuses to probe ("Device is not trusted, but driver is overriding
+    /// group %u to %s").
+    case untrustedDeviceForcedToDMA(device: DeviceID, group: Int, requestedType: UInt32)
+    /// Allocating a default domain of `requestedType` failed; a DMA domain is used instead.
+    /// Linux: "Failed to allocate default IOMMU domain of type %u for group %s - Falling back to
+    /// IOMMU_DOMAIN_DMA".
+    case defaultDomainFallbackToDMA(group: Int, requestedType: UInt32)
+    /// Adding a device to its group failed and was unwound. Linux: "Failed to add to iommu group %d: %d".
+    case failedToAddToGroup(device: DeviceID, group: Int, errno: Int32)
+    /// `detachDevice` with a domain that is not the group's current domain (Linux: WARN, ignored).
+    case detachOfDomainNotAttached(device: DeviceID)
+    /// `detachDevice` on a group that does not hold exactly one device (Linux: WARN, ignored).
+    case detachFromMultiDeviceGroup(device: DeviceID, deviceCount: Int)
+    /// Identity-mapping a DIRECT reserved region into a default domain failed.
+    case directMappingFailed(device: DeviceID, iova: IOVA, errno: Int32)
+    /// Re-attaching the previous domain while rolling back a failed attach failed too.
+    case attachRollbackFailed(device: DeviceID, errno: Int32)
+    /// Returning a group to its core (default or blocking) domain failed (Linux: WARN).
+    case coreDomainAttachFailed(group: Int, errno: Int32)
+    /// DMA ownership (or default-domain use) released more often than claimed (Linux: WARN).
+    case unbalancedDMAOwnershipRelease(group: Int)
+    /// A driver unbind for a device that had no driver bound.
+    case unbindOfUnboundDevice(device: DeviceID)
+    /// The last device left a group that was still claimed for user-space DMA (Linux: WARN).
+    case groupEmptiedWhileOwned(group: Int)
+    /// A device with a DIRECT reserved region was to be put on a blocking domain; refused with
+    /// EINVAL. Linux 6.12: "Firmware has requested this device have a 1:1 IOMMU mapping,
+    /// rejecting configuring the device without a 1:1 mapping. Contact your platform vendor."
+    case deviceRequiresDirectMapping(device: DeviceID)
+
     public var description: String {
         func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
         switch self {
@@ -66,6 +114,52 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
             return "IOVA reserve [\(low), \(high)] beyond the addressable pfn range"
         case let .iovaDuplicateInsert(pfn):
             return "IOVA insert of \(pfn) collides with an existing node"
+        case let .iommuPagesCannotRepresentCPUPages(device, iommuPage, cpuPage):
+            return "\(device): IOMMU pages cannot exactly represent CPU pages (smallest IOMMU page \(formatByteSize(iommuPage)), CPU page \(formatByteSize(cpuPage)))"
+        case let .unalignedMap(iova, paddr, size, minPageSize):
+            return "unaligned: iova \(hex(iova.rawValue)) pa \(hex(paddr.rawValue)) size \(hex(size)) min_pagesz \(hex(minPageSize))"
+        case let .unalignedUnmap(iova, size, minPageSize):
+            return "unaligned: iova \(hex(iova.rawValue)) size \(hex(size)) min_pagesz \(hex(minPageSize))"
+        case let .defaultDomainTypeConflict(device, type, otherDevice, otherType):
+            return "\(device): Device needs domain type \(Self.domainTypeDisplayName(type)), but device \(otherDevice) in the same iommu group requires type \(Self.domainTypeDisplayName(otherType)) - using default"
+        case let .untrustedDeviceForcedToDMA(device, group, requestedType):
+            return "\(device): Device is not trusted, but driver is overriding group \(group) to \(Self.domainTypeDisplayName(requestedType)); using a strict DMA domain"
+        case let .defaultDomainFallbackToDMA(group, requestedType):
+            return "Failed to allocate default IOMMU domain of type \(requestedType) for group \(group) - Falling back to IOMMU_DOMAIN_DMA"
+        case let .failedToAddToGroup(device, group, errno):
+            return "\(device): Failed to add to iommu group \(group): \(errno)"
+        case let .detachOfDomainNotAttached(device):
+            return "\(device): detach of a domain that is not the group's current domain; ignored"
+        case let .detachFromMultiDeviceGroup(device, deviceCount):
+            return "\(device): detach from a group of \(deviceCount) devices; ignored"
+        case let .directMappingFailed(device, iova, errno):
+            return "\(device): identity mapping of a direct region at iova \(iova) failed: \(errno)"
+        case let .attachRollbackFailed(device, errno):
+            return "\(device): re-attaching the previous domain after a failed attach failed: \(errno)"
+        case let .coreDomainAttachFailed(group, errno):
+            return "iommu group \(group): returning to the core domain failed: \(errno)"
+        case let .unbalancedDMAOwnershipRelease(group):
+            return "iommu group \(group): DMA ownership released more often than claimed"
+        case let .unbindOfUnboundDevice(device):
+            return "\(device): driver unbind, but no driver is bound"
+        case let .groupEmptiedWhileOwned(group):
+            return "iommu group \(group): last device removed while the group is claimed for user-space DMA"
+        case let .deviceRequiresDirectMapping(device):
+            return "\(device): Firmware has requested this device have a 1:1 IOMMU mapping, rejecting configuring the device without a 1:1 mapping. Contact your platform vendor."
+        }
+    }
+}
+
+extension IOMMUWarning {
+    /// Linux's `iommu_domain_type_str()` for a raw domain type: "Blocked", "Passthrough",
+    /// "Unmanaged", "Translated" (DMA and DMA-FQ), "Unknown".
+    public static func domainTypeDisplayName(_ rawType: UInt32) -> String {
+        switch rawType {
+        case 0: "Blocked"
+        case 4: "Passthrough"
+        case 1: "Unmanaged"
+        case 3, 11: "Translated"
+        default: "Unknown"
         }
     }
 }

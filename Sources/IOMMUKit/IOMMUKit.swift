@@ -3,3 +3,4 @@
 @_exported import PhysicalMemory
 @_exported import IOPageTable
 @_exported import IOVAAllocator
+@_exported import IOMMUCore
