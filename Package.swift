@@ -33,11 +33,15 @@ let package = Package(
             swiftSettings: strictSettings
         ),
 
+        // MARK: - Scenarios and traces (the first module allowed to import Foundation)
+        .target(name: "IOMMUScenario", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
+
         // MARK: - Command-line tool
         .target(
             name: "IOMMUCLI",
             dependencies: [
                 "IOMMUKit",
+                "IOMMUScenario",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -69,6 +73,11 @@ let package = Package(
         .testTarget(
             name: "IOVAAllocatorTests",
             dependencies: ["IOVAAllocator", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IOMMUScenarioTests",
+            dependencies: ["IOMMUScenario", "IOMMUTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
