@@ -61,6 +61,9 @@ public final class TraceReader {
     private var end = 0
     private var atEOF = false
     private var sawAnyByte = false
+    /// Where the last returned line is in `buffer` (valid until the next read).
+    private var lastLineStart = 0
+    private var lastLineCount = 0
 
     /// The longest line accepted; a longer one is reported as bad input.
     public static let maximumLineLength = 16 << 20
@@ -169,6 +172,12 @@ public final class TraceReader {
         return nil
     }
 
+    /// The text of the line last returned by `nextRecord()`/`nextEvent()` (for reports and
+    /// round-trip tests; not needed on the hot path).
+    public var lastLineText: String {
+        String(decoding: UnsafeRawBufferPointer(rebasing: buffer[lastLineStart..<(lastLineStart + lastLineCount)]), as: UTF8.self)
+    }
+
     static func looksBinary(_ line: UnsafeBufferPointer<UInt8>) -> Bool {
         for byte in line where (byte < 0x20 && byte != UInt8(ascii: "\t")) || byte == 0x7f { return true }
         return String(validating: line, as: UTF8.self) == nil
@@ -201,6 +210,8 @@ public final class TraceReader {
     private func takeLine(upTo stop: Int, consumed: Int) -> UnsafeBufferPointer<UInt8> {
         var last = stop
         if last > start, buffer[last - 1] == UInt8(ascii: "\r") { last -= 1 }
+        lastLineStart = start
+        lastLineCount = last - start
         let bytes = UnsafeBufferPointer(
             start: buffer.baseAddress!.assumingMemoryBound(to: UInt8.self) + start, count: last - start)
         start = consumed
