@@ -60,15 +60,14 @@ struct ReplayCommand: ParsableCommand {
             let reader = try TraceReader(path: file)
             displayName = reader.displayName
             compressed = reader.isCompressed
-            var engine = ReplayEngine(backend: IntervalReplayBackend())
             if showProgress {
                 var progress = ProgressLine()
-                report = try engine.replay(reader, progressInterval: 1 << 15) { reader, events in
+                report = try IntervalReplayBackend.replay(reader, progressInterval: 1 << 15) { reader, events in
                     progress.update("\(reader.displayName): \(ReplayOutput.grouped(reader.lineNumber)) lines, \(ReplayOutput.grouped(events)) events")
-                }
+                }.report
                 progress.clear()
             } else {
-                report = try engine.replay(reader)
+                report = try IntervalReplayBackend.replay(reader).report
             }
         } catch {
             if showProgress { ProgressLine().clear() }

@@ -109,3 +109,15 @@ public struct IntervalReplayBackend: ReplayBackend {
         return (domains[domain.index].count, bytes)
     }
 }
+
+extension IntervalReplayBackend {
+    /// Replays `reader` on a fresh interval model: the engine compiled for this backend
+    /// (specialised inside this module, which is what makes it fast for callers in other modules).
+    public static func replay(
+        _ reader: TraceReader, progressInterval: Int = 1 << 16, progress: (TraceReader, Int) -> Void = { _, _ in }
+    ) throws(TraceInputError) -> (report: ReplayReport, backend: IntervalReplayBackend) {
+        var engine = ReplayEngine(backend: IntervalReplayBackend())
+        let report = try engine.replay(reader, progressInterval: progressInterval, progress: progress)
+        return (report, engine.backend)
+    }
+}

@@ -58,7 +58,10 @@ public struct ReplayEngine<Backend: ReplayBackend> {
         var attached: Set<String>
     }
 
-    var contexts: [UInt64: Context] = [:]
+    /// Execution contexts: key → index into `contextStates` (one hash lookup per event; the
+    /// state is swapped out and back, so it is never copied).
+    var contextIndices: [UInt64: Int] = [:]
+    var contextStates: [Context] = []
     var groups: [Int32: Group] = [:]
     var groupIncarnations: [Int32: Int] = [:]
     var domainGenerations: [Int32: Int] = [:]
@@ -179,12 +182,13 @@ public struct ReplayEngine<Backend: ReplayBackend> {
 
     /// Resolves what is still pending and returns the report.
     public mutating func finish(lineCount: Int, header: TraceHeader = TraceHeader()) -> ReplayReport {
-        for key in contexts.keys.sorted() {
-            var context = contexts[key]!
+        for index in contextStates.indices {
+            var context = Context()
+            swap(&context, &contextStates[index])
             resolveMaps(&context)
             resolveUnmaps(&context)
             resolveRelease(&context)
-            contexts[key] = context
+            swap(&context, &contextStates[index])
         }
         var counts: [(name: String, count: Int)] = TraceEventKind.typed.map { ($0.name, typedCounts[Int($0.rawValue)]) }
         for name in otherCounts.keys.sorted() { counts.append((name, otherCounts[name]!)) }
@@ -227,9 +231,18 @@ public struct ReplayEngine<Backend: ReplayBackend> {
     @inline(__always)
     mutating func withContext(of event: TraceEvent, _ body: (inout Self, inout Context) -> Void) {
         let key = ReplayEngine.contextKey(of: event)
-        var context = contexts.removeValue(forKey: key) ?? Context()
+        let index: Int
+        if let known = contextIndices[key] {
+            index = known
+        } else {
+            index = contextStates.count
+            contextIndices[key] = index
+            contextStates.append(Context())
+        }
+        var context = Context()
+        swap(&context, &contextStates[index])
         body(&self, &context)
-        contexts[key] = context
+        swap(&context, &contextStates[index])
     }
 
     mutating func violation(_ line: Int, _ what: String) {

@@ -112,6 +112,10 @@ final class XZProcessSource: TraceByteSource {
             feeder = input
         }
         outputFD = output.fileHandleForReading.fileDescriptor
+        #if os(Linux)
+        // A 1 MiB pipe (default 64 KiB) lets xz run ahead of the parser with fewer switches.
+        _ = fcntl(outputFD, 1031 /* F_SETPIPE_SZ */, Int32(1 << 20))
+        #endif
         do {
             try process.run()
         } catch {
