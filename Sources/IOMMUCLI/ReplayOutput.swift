@@ -26,7 +26,7 @@ enum ReplayOutput {
     /// The human summary.
     static func summary(_ report: ReplayReport, name: String, compressed: Bool) -> String {
         var out = ""
-        out += "Trace \(name)\(compressed ? " (xz)" : ""): \(grouped(report.lineCount)) lines, \(grouped(report.totalEvents)) events"
+        out += "Trace \(name)\(compressed ? " (xz)" : ""): \(grouped(report.lineCount)) lines, \(grouped(report.totalEvents)) event\(report.totalEvents == 1 ? "" : "s")"
         if let cpus = report.header.cpuCount { out += ", \(cpus) CPU\(cpus == 1 ? "" : "s")" }
         if let tracer = report.header.tracer { out += ", tracer \(tracer)" }
         out += "\n"
@@ -37,7 +37,7 @@ enum ReplayOutput {
         }
 
         out += "\nEvents\n"
-        let width = max(24, report.eventCounts.map(\.name.count).max() ?? 0)
+        let width = report.eventCounts.map(\.name.count).max() ?? 0
         for (eventName, count) in report.eventCounts {
             out += "  " + padRight(eventName, width) + "  " + padLeft(grouped(count), 10) + "\n"
         }
@@ -45,7 +45,7 @@ enum ReplayOutput {
 
         out += "\nGroups (\(report.groups.count))\n"
         for group in report.groups {
-            var line = "  " + padRight(group.id.description, 11) + padRight(group.devices.joined(separator: " "), 42)
+            var line = "  " + padRight(group.id.description, 11) + padRight(group.devices.joined(separator: " "), 41) + " "
             line += group.domains.map(\.description).joined(separator: " ")
             if group.released { line += "  (freed)" }
             out += line + "\n"
@@ -56,7 +56,7 @@ enum ReplayOutput {
             + padLeft("unmaps", 9) + padLeft("DMA calls", 11) + padLeft("live maps", 11) + padLeft("live bytes", 12)
             + "  devices\n"
         for domain in report.domains {
-            var line = "  " + padRight(domain.id.description, 8) + padRight(domain.kind.rawValue, 12)
+            var line = "  " + padRight(domain.id.description, 7) + " " + padRight(domain.kind.rawValue, 12)
             line += padLeft(grouped(domain.mapCount), 9) + padLeft(grouped(domain.directMapCount), 8)
             line += padLeft(grouped(domain.unmapCount), 9) + padLeft(grouped(domain.dmaCallCount), 11)
             line += padLeft(grouped(domain.liveMappingCount), 11) + padLeft(grouped(domain.liveBytes), 12)
@@ -100,6 +100,6 @@ enum ReplayOutput {
     }
 
     static func padRight(_ text: String, _ width: Int) -> String {
-        text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+        text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
     }
 }
