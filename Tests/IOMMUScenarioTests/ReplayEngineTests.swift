@@ -139,6 +139,18 @@ private func booted() -> TraceBuilder {
         #expect(report.violations.map(\.line) == [mapLine, unmapLine])
     }
 
+    @Test func aMissingDMAEventLeavesAStrayMapThatIsAViolation() throws {
+        var trace = booted()
+        trace.add(TraceBuilder.map(0xffff_b000, 0x3e9d_1000, 4096))
+        let strayLine = trace.lastLine
+        // (its dma_map_page is missing)
+        trace.add(TraceBuilder.map(0xffff_d000, 0x6c8_5000, 4096))
+        trace.add(TraceBuilder.mapPage(nvme, 0xffff_d000, 4096, 0x6c8_5000))
+        let report = try TraceTestFiles.replay(trace.text)
+        #expect(report.violations.map(\.line) == [strayLine])
+        #expect(report.violations.first?.what.contains("outside its IOVA range") == true)
+    }
+
     @Test func removeAndRescanRecreatesTheGroupWithAFreshDomain() throws {
         var trace = booted()
         trace.add(TraceBuilder.map(0xffff_f000, 0x1000_0000, 4096))

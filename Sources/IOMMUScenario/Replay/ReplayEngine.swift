@@ -496,6 +496,8 @@ public struct ReplayEngine<Backend: ReplayBackend> {
         }
         markTranslated(domain, line: line, what: "map events for dma_map_page")
         apply(maps, to: domain)
+        reportStrays(maps.map { ($0.line, $0.event.iova.rawValue, $0.event.length) }, event: "map",
+            call: "dma_map_page \(dma.device)", line: line, targets: [(dma.dmaAddress.rawValue, max(dma.length, 1))])
         let ranges = maps.map { (first: $0.event.iova.rawValue, length: $0.event.length) }
         if dma.length > 0, covered(dma.dmaAddress.rawValue, dma.length, by: ranges) != dma.length {
             violation(line, "dma_map_page \(dma.device) dma_addr=\(hex(dma.dmaAddress.rawValue)) size=\(dma.length) is not inside the IOVA range mapped just before it (\(describe(ranges)))")
@@ -517,6 +519,11 @@ public struct ReplayEngine<Backend: ReplayBackend> {
         }
         markTranslated(domain, line: line, what: "map events for dma_map_sg")
         apply(maps, to: domain)
+        if !dma.truncated {
+            reportStrays(maps.map { ($0.line, $0.event.iova.rawValue, $0.event.length) }, event: "map",
+                call: "dma_map_sg \(dma.device)", line: line,
+                targets: zip(dma.dmaAddresses, dma.segmentLengths).map { ($0, max($1, 1)) })
+        }
         let ranges = maps.map { (first: $0.event.iova.rawValue, length: $0.event.length) }
         for (address, length) in zip(dma.dmaAddresses, dma.segmentLengths) where length > 0 {
             if covered(address, length, by: ranges) != length {
@@ -537,6 +544,8 @@ public struct ReplayEngine<Backend: ReplayBackend> {
         }
         markTranslated(domain, line: line, what: "map events for dma_alloc")
         apply(maps, to: domain)
+        reportStrays(maps.map { ($0.line, $0.event.iova.rawValue, $0.event.length) }, event: "map",
+            call: "dma_alloc \(dma.device)", line: line, targets: [(dma.dmaAddress.rawValue, max(dma.length, 1))])
         let ranges = maps.map { (first: $0.event.iova.rawValue, length: $0.event.length) }
         if dma.length > 0, covered(dma.dmaAddress.rawValue, dma.length, by: ranges) != dma.length {
             violation(line, "dma_alloc \(dma.device) dma_addr=\(hex(dma.dmaAddress.rawValue)) size=\(dma.length) is not inside the IOVA range mapped just before it (\(describe(ranges)))")
@@ -551,6 +560,8 @@ public struct ReplayEngine<Backend: ReplayBackend> {
         }
         markTranslated(domain, line: line, what: "unmap events for dma_unmap_page")
         for pending in unmaps { apply(pending, to: domain) }
+        reportStrays(unmaps.map { ($0.line, $0.event.iova.rawValue, $0.event.length) }, event: "unmap",
+            call: "dma_unmap_page \(dma.device)", line: line, targets: [(dma.dmaAddress.rawValue, max(dma.length, 1))])
         let ranges = unmaps.map { (first: $0.event.iova.rawValue, length: $0.event.length) }
         if dma.length > 0, covered(dma.dmaAddress.rawValue, dma.length, by: ranges) != dma.length {
             violation(line, "dma_unmap_page \(dma.device) dma_addr=\(hex(dma.dmaAddress.rawValue)) size=\(dma.length) is not inside the unmap just before it (\(describe(ranges)))")
@@ -599,6 +610,23 @@ public struct ReplayEngine<Backend: ReplayBackend> {
         }
         for phys in unmapSG.physAddresses where !frames.contains(phys >> UInt64(granuleShift)) {
             violation(unmapLine, "dma_unmap_sg \(unmapSG.device) phys_addr \(hex(phys)) is not mapped in the range its unmap (line \(line), iova=\(hex(unmap.iova.rawValue)) size=\(unmap.length)) removes")
+        }
+    }
+
+    /// Maps (or unmaps) a DMA call claimed that do not touch the call's own IOVA range: they
+    /// belong to a call whose DMA event is missing.
+    mutating func reportStrays(
+        _ claimed: [(line: Int, first: UInt64, length: UInt64)], event: String, call: String, line: Int,
+        targets: [(first: UInt64, length: UInt64)]
+    ) {
+        guard claimed.count > 1 || !targets.isEmpty else { return }
+        for item in claimed where item.length > 0 {
+            let touches = targets.contains { target in
+                covered(target.first, target.length, by: [(first: item.first, length: item.length)]) > 0
+            }
+            if !touches {
+                violation(item.line, "\(event) iova=\(hex(item.first)) size=\(item.length) was claimed by \(call) at line \(line) but is outside its IOVA range (its own DMA event is missing?)")
+            }
         }
     }
 
