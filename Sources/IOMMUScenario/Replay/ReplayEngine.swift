@@ -496,9 +496,9 @@ public struct ReplayEngine<Backend: ReplayBackend> {
         }
         markTranslated(domain, line: line, what: "map events for dma_map_page")
         apply(maps, to: domain)
-        reportStrays(maps.map { ($0.line, $0.event.iova.rawValue, $0.event.length) }, event: "map",
-            call: "dma_map_page \(dma.device)", line: line, targets: [(dma.dmaAddress.rawValue, max(dma.length, 1))])
-        let ranges = maps.map { (first: $0.event.iova.rawValue, length: $0.event.length) }
+        reportStrays(maps.lazy.map { ($0.line, Span($0.event.iova.rawValue, $0.event.length)) }, event: "map",
+            call: "dma_map_page \(dma.device)", line: line, targets: CollectionOfOne(Span(dma.dmaAddress.rawValue, max(dma.length, 1))))
+        let ranges = maps.lazy.map { Span($0.event.iova.rawValue, $0.event.length) }
         if dma.length > 0, covered(dma.dmaAddress.rawValue, dma.length, by: ranges) != dma.length {
             violation(line, "dma_map_page \(dma.device) dma_addr=\(hex(dma.dmaAddress.rawValue)) size=\(dma.length) is not inside the IOVA range mapped just before it (\(describe(ranges)))")
             return
@@ -520,11 +520,11 @@ public struct ReplayEngine<Backend: ReplayBackend> {
         markTranslated(domain, line: line, what: "map events for dma_map_sg")
         apply(maps, to: domain)
         if !dma.truncated {
-            reportStrays(maps.map { ($0.line, $0.event.iova.rawValue, $0.event.length) }, event: "map",
+            reportStrays(maps.lazy.map { ($0.line, Span($0.event.iova.rawValue, $0.event.length)) }, event: "map",
                 call: "dma_map_sg \(dma.device)", line: line,
-                targets: zip(dma.dmaAddresses, dma.segmentLengths).map { ($0, max($1, 1)) })
+                targets: zip(dma.dmaAddresses, dma.segmentLengths).map { Span($0, max($1, 1)) })
         }
-        let ranges = maps.map { (first: $0.event.iova.rawValue, length: $0.event.length) }
+        let ranges = maps.lazy.map { Span($0.event.iova.rawValue, $0.event.length) }
         for (address, length) in zip(dma.dmaAddresses, dma.segmentLengths) where length > 0 {
             if covered(address, length, by: ranges) != length {
                 violation(line, "dma_map_sg \(dma.device) segment dma_addr=\(hex(address)) size=\(hex(length)) is not inside the IOVA ranges mapped just before it (\(describe(ranges)))")
@@ -544,9 +544,9 @@ public struct ReplayEngine<Backend: ReplayBackend> {
         }
         markTranslated(domain, line: line, what: "map events for dma_alloc")
         apply(maps, to: domain)
-        reportStrays(maps.map { ($0.line, $0.event.iova.rawValue, $0.event.length) }, event: "map",
-            call: "dma_alloc \(dma.device)", line: line, targets: [(dma.dmaAddress.rawValue, max(dma.length, 1))])
-        let ranges = maps.map { (first: $0.event.iova.rawValue, length: $0.event.length) }
+        reportStrays(maps.lazy.map { ($0.line, Span($0.event.iova.rawValue, $0.event.length)) }, event: "map",
+            call: "dma_alloc \(dma.device)", line: line, targets: CollectionOfOne(Span(dma.dmaAddress.rawValue, max(dma.length, 1))))
+        let ranges = maps.lazy.map { Span($0.event.iova.rawValue, $0.event.length) }
         if dma.length > 0, covered(dma.dmaAddress.rawValue, dma.length, by: ranges) != dma.length {
             violation(line, "dma_alloc \(dma.device) dma_addr=\(hex(dma.dmaAddress.rawValue)) size=\(dma.length) is not inside the IOVA range mapped just before it (\(describe(ranges)))")
         }
@@ -560,9 +560,9 @@ public struct ReplayEngine<Backend: ReplayBackend> {
         }
         markTranslated(domain, line: line, what: "unmap events for dma_unmap_page")
         for pending in unmaps { apply(pending, to: domain) }
-        reportStrays(unmaps.map { ($0.line, $0.event.iova.rawValue, $0.event.length) }, event: "unmap",
-            call: "dma_unmap_page \(dma.device)", line: line, targets: [(dma.dmaAddress.rawValue, max(dma.length, 1))])
-        let ranges = unmaps.map { (first: $0.event.iova.rawValue, length: $0.event.length) }
+        reportStrays(unmaps.lazy.map { ($0.line, Span($0.event.iova.rawValue, $0.event.length)) }, event: "unmap",
+            call: "dma_unmap_page \(dma.device)", line: line, targets: CollectionOfOne(Span(dma.dmaAddress.rawValue, max(dma.length, 1))))
+        let ranges = unmaps.lazy.map { Span($0.event.iova.rawValue, $0.event.length) }
         if dma.length > 0, covered(dma.dmaAddress.rawValue, dma.length, by: ranges) != dma.length {
             violation(line, "dma_unmap_page \(dma.device) dma_addr=\(hex(dma.dmaAddress.rawValue)) size=\(dma.length) is not inside the unmap just before it (\(describe(ranges)))")
         }
@@ -571,7 +571,7 @@ public struct ReplayEngine<Backend: ReplayBackend> {
     /// The `unmap` that a `dma_free` or `dma_unmap_sg` announced.
     mutating func completeRelease(_ release: PendingRelease, unmap: UnmapEvent, line: Int) {
         let pending = PendingUnmap(line: line, event: unmap)
-        let range = [(first: unmap.iova.rawValue, length: unmap.length)]
+        let range = CollectionOfOne(Span(unmap.iova.rawValue, unmap.length))
         switch release {
         case .free(let freeLine, let free, let domain):
             guard let domain else {
@@ -616,41 +616,57 @@ public struct ReplayEngine<Backend: ReplayBackend> {
     /// Maps (or unmaps) a DMA call claimed that do not touch the call's own IOVA range: they
     /// belong to a call whose DMA event is missing.
     mutating func reportStrays(
-        _ claimed: [(line: Int, first: UInt64, length: UInt64)], event: String, call: String, line: Int,
-        targets: [(first: UInt64, length: UInt64)]
+        _ claimed: some Collection<(Int, Span)>, event: String, call: String, line: Int,
+        targets: some Collection<Span>
     ) {
-        guard claimed.count > 1 || !targets.isEmpty else { return }
-        for item in claimed where item.length > 0 {
-            let touches = targets.contains { target in
-                covered(target.first, target.length, by: [(first: item.first, length: item.length)]) > 0
-            }
-            if !touches {
-                violation(item.line, "\(event) iova=\(hex(item.first)) size=\(item.length) was claimed by \(call) at line \(line) but is outside its IOVA range (its own DMA event is missing?)")
+        for (claimLine, span) in claimed where span.length > 0 {
+            if !targets.contains(where: { covered($0.first, $0.length, by: CollectionOfOne(span)) > 0 }) {
+                violation(claimLine, "\(event) iova=\(hex(span.first)) size=\(span.length) was claimed by \(call) at line \(line) but is outside its IOVA range (its own DMA event is missing?)")
             }
         }
     }
 
     // MARK: - Interval helpers
 
+    /// `first ..< first + length`, as in the trace (a 0 length is empty).
+    struct Span {
+        var first: UInt64
+        var length: UInt64
+        init(_ first: UInt64, _ length: UInt64) {
+            self.first = first
+            self.length = length
+        }
+        /// The inclusive last byte, saturating at 2^64 - 1.
+        var last: UInt64 {
+            let (sum, overflow) = first.addingReportingOverflow(length &- 1)
+            return overflow ? UInt64.max : sum
+        }
+    }
+
     /// Bytes of `first ..< first + length` covered by the union of `ranges`.
-    func covered(_ first: UInt64, _ length: UInt64, by ranges: [(first: UInt64, length: UInt64)]) -> UInt64 {
-        let last = first &+ (length &- 1)
-        guard last >= first else { return 0 }
+    func covered(_ first: UInt64, _ length: UInt64, by ranges: some Collection<Span>) -> UInt64 {
+        guard length > 0 else { return 0 }
+        let query = Span(first, length)
+        if ranges.count == 1, let range = ranges.first {
+            guard range.length > 0 else { return 0 }
+            let low = max(query.first, range.first)
+            let high = min(query.last, range.last)
+            return low <= high ? high &- low &+ 1 : 0
+        }
         var pieces: [(UInt64, UInt64)] = []
         for range in ranges where range.length > 0 {
-            let rangeLast = range.first &+ (range.length &- 1)
-            let low = max(first, range.first)
-            let high = min(last, rangeLast >= range.first ? rangeLast : UInt64.max)
+            let low = max(query.first, range.first)
+            let high = min(query.last, range.last)
             if low <= high { pieces.append((low, high)) }
         }
         pieces.sort { $0.0 < $1.0 }
         var total: UInt64 = 0
-        var coveredUpTo: UInt64? = nil
-        for (low, high) in pieces {
-            let start = coveredUpTo.map { max(low, $0 &+ 1) } ?? low
-            if coveredUpTo == UInt64.max { break }
-            if start <= high { total &+= high - start + 1 }
-            coveredUpTo = max(coveredUpTo ?? 0, high)
+        var next: UInt64 = 0  // first byte not yet counted
+        var saturated = false
+        for (low, high) in pieces where !saturated {
+            let start = max(low, next)
+            if start <= high { total &+= high &- start &+ 1 }
+            if high == UInt64.max { saturated = true } else { next = max(next, high &+ 1) }
         }
         return total
     }
@@ -659,7 +675,7 @@ public struct ReplayEngine<Backend: ReplayBackend> {
         address >= first && address &- first < length
     }
 
-    func describe(_ ranges: [(first: UInt64, length: UInt64)]) -> String {
+    func describe(_ ranges: some Sequence<Span>) -> String {
         ranges.map { "iova=\(hex($0.first)) size=\($0.length)" }.joined(separator: ", ")
     }
 
