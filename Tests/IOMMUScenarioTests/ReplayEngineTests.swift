@@ -1,5 +1,6 @@
 import IOMMUBase
 import IOMMUScenario
+import IOMMUTestSupport
 import Testing
 
 private let nvme = "0000:00:04.0"
@@ -226,5 +227,36 @@ private func booted() -> TraceBuilder {
         }
         #expect(backend.liveMappings(in: domain).count == 1)
         #expect(backend.liveMappings(in: domain).bytes == 0x2000)
+    }
+
+    @Test(arguments: TestSupport.propertySeeds)
+    func agreesWithAPageByPageModel(seed: UInt64) throws {
+        var random = SplitMix64(seed: seed)
+        var backend = IntervalReplayBackend()
+        var pages: [UInt64: UInt64] = [:]  // page -> phys page
+        for _ in 0..<2000 {
+            let first = random.next() % 64
+            let count = 1 + random.next() % 6
+            if random.next() % 2 == 0 {
+                let phys = (random.next() % 1000) << 12
+                let overlaps = (first..<(first + count)).contains { pages[$0] != nil }
+                do throws(IOMMUError) {
+                    try backend.map(domain, iova: IOVA(first << 12), paddr: PhysAddr(phys), length: count << 12)
+                    #expect(!overlaps)
+                    for page in first..<(first + count) { pages[page] = phys + ((page - first) << 12) }
+                } catch {
+                    #expect(overlaps && error.reason == .alreadyMapped)
+                }
+            } else {
+                let expected = UInt64((first..<(first + count)).filter { pages[$0] != nil }.count) << 12
+                #expect(backend.unmap(domain, iova: IOVA(first << 12), length: count << 12) == expected)
+                for page in first..<(first + count) { pages[page] = nil }
+            }
+            let probe = random.next() % 72
+            #expect(backend.translate(domain, iova: IOVA(probe << 12 | 0x123)) == pages[probe].map { PhysAddr($0 | 0x123) })
+        }
+        #expect(backend.liveMappings(in: domain).bytes == UInt64(pages.count) << 12)
+        let listed = backend.mappings(in: domain)
+        #expect(zip(listed, listed.dropFirst()).allSatisfy { $0.last < $1.first })
     }
 }

@@ -1,10 +1,14 @@
 import IOMMUBase
 
 /// The default replay backend: per domain, the live mappings as a sorted array of
-/// non-overlapping inclusive IOVA intervals with their physical base.
+/// non-overlapping intervals with their physical base.
 ///
 /// Unmap is page-table-like: it removes whatever lies in the range and may split a mapping
 /// (counted in `splitCount`, since Linux's dma-iommu never does that).
+///
+/// The array is kept in *descending* IOVA order (stored as bitwise-complemented, ascending
+/// bounds): dma-iommu allocates top-down, so the newest, shortest-lived mappings sit at the
+/// array's end, where inserting and removing them moves nothing.
 public struct IntervalReplayBackend: ReplayBackend {
     /// One live mapping: `first...last` → `paddr + (iova - first)`.
     public struct Mapping: Hashable, Sendable {
@@ -14,8 +18,19 @@ public struct IntervalReplayBackend: ReplayBackend {
         public var length: UInt64 { last &- first &+ 1 }
     }
 
-    /// Live mappings per domain, indexed by `ReplayDomainID.index`, sorted by `first`.
-    public private(set) var domains: [[Mapping]] = []
+    /// A mapping in complemented coordinates: `low = ~last`, `high = ~first`; `paddr` is still
+    /// the physical address of the real `first` (`~high`).
+    @usableFromInline
+    struct Stored {
+        var low: UInt64
+        var high: UInt64
+        var paddr: UInt64
+        var mapping: Mapping { Mapping(first: ~high, last: ~low, paddr: paddr) }
+    }
+
+    /// Live mappings per domain, indexed by `ReplayDomainID.index`, sorted by `low` (so by
+    /// descending IOVA).
+    var domains: [[Stored]] = []
     /// Unmaps that cut a mapping in two or trimmed it.
     public private(set) var splitCount = 0
 
@@ -29,20 +44,20 @@ public struct IntervalReplayBackend: ReplayBackend {
 
     /// The live mappings of `domain`, sorted by IOVA.
     public func mappings(in domain: ReplayDomainID) -> [Mapping] {
-        domain.index < domains.count ? domains[domain.index] : []
+        domain.index < domains.count ? domains[domain.index].reversed().map(\.mapping) : []
     }
 
-    /// Index of the first mapping whose `last` is ≥ `iova` (mappings are disjoint and sorted,
-    /// so `last` is sorted too).
+    /// Index of the first stored mapping whose `high` is ≥ `low` (stored mappings are disjoint
+    /// and sorted, so `high` is sorted too).
     @inline(__always)
-    static func firstEnding(atOrAfter iova: UInt64, in mappings: [Mapping]) -> Int {
-        var low = 0
-        var high = mappings.count
-        while low < high {
-            let middle = (low + high) / 2
-            if mappings[middle].last < iova { low = middle + 1 } else { high = middle }
+    static func firstEnding(atOrAfter low: UInt64, in stored: [Stored]) -> Int {
+        var lower = 0
+        var upper = stored.count
+        while lower < upper {
+            let middle = (lower + upper) / 2
+            if stored[middle].high < low { lower = middle + 1 } else { upper = middle }
         }
-        return low
+        return lower
     }
 
     public mutating func map(_ domain: ReplayDomainID, iova: IOVA, paddr: PhysAddr, length: UInt64) throws(IOMMUError) {
@@ -51,61 +66,67 @@ public struct IntervalReplayBackend: ReplayBackend {
             throw IOMMUError(.lengthOverflow, address: iova.rawValue, length: length)
         }
         while domains.count <= domain.index { domains.append([]) }
-        let position = IntervalReplayBackend.firstEnding(atOrAfter: range.first.rawValue, in: domains[domain.index])
+        let low = ~range.last.rawValue
+        let high = ~range.first.rawValue
+        let position = IntervalReplayBackend.firstEnding(atOrAfter: low, in: domains[domain.index])
         if position < domains[domain.index].count {
             let next = domains[domain.index][position]
-            if next.first <= range.last.rawValue {
-                throw IOMMUError(.alreadyMapped, address: max(next.first, range.first.rawValue), length: length)
+            if next.low <= high {
+                // The overlap's lowest real IOVA.
+                throw IOMMUError(.alreadyMapped, address: max(~next.high, range.first.rawValue), length: length)
             }
         }
-        domains[domain.index].insert(
-            Mapping(first: range.first.rawValue, last: range.last.rawValue, paddr: paddr.rawValue), at: position)
+        domains[domain.index].insert(Stored(low: low, high: high, paddr: paddr.rawValue), at: position)
     }
 
     public mutating func unmap(_ domain: ReplayDomainID, iova: IOVA, length: UInt64) -> UInt64 {
         guard length > 0, domain.index < domains.count else { return 0 }
-        let first = iova.rawValue
-        let (sum, overflow) = first.addingReportingOverflow(length &- 1)
-        let last = overflow ? UInt64.max : sum
-        var position = IntervalReplayBackend.firstEnding(atOrAfter: first, in: domains[domain.index])
+        let (sum, overflow) = iova.rawValue.addingReportingOverflow(length &- 1)
+        let low = ~(overflow ? UInt64.max : sum)
+        let high = ~iova.rawValue
+        var position = IntervalReplayBackend.firstEnding(atOrAfter: low, in: domains[domain.index])
         var unmapped: UInt64 = 0
         while position < domains[domain.index].count {
-            let mapping = domains[domain.index][position]
-            guard mapping.first <= last else { break }
-            let cutFirst = max(mapping.first, first)
-            let cutLast = min(mapping.last, last)
-            unmapped &+= cutLast &- cutFirst &+ 1
-            var pieces: [Mapping] = []
-            if mapping.first < cutFirst {
-                pieces.append(Mapping(first: mapping.first, last: cutFirst - 1, paddr: mapping.paddr))
-            }
-            if cutLast < mapping.last {
-                pieces.append(Mapping(first: cutLast + 1, last: mapping.last, paddr: mapping.paddr &+ (cutLast + 1 - mapping.first)))
-            }
-            if pieces.isEmpty {
+            let stored = domains[domain.index][position]
+            guard stored.low <= high else { break }
+            let cutLow = max(stored.low, low)
+            let cutHigh = min(stored.high, high)
+            unmapped &+= cutHigh &- cutLow &+ 1
+            if stored.low == cutLow && stored.high == cutHigh {
                 domains[domain.index].remove(at: position)
-            } else {
-                splitCount += 1
-                domains[domain.index].replaceSubrange(position...position, with: pieces)
-                position += pieces.count
+                continue
             }
+            // Keep what lies outside the cut: below it in complemented space is the real upper
+            // part, above it the real lower part (which keeps the real first, so its paddr).
+            var pieces: [Stored] = []
+            let realFirst = ~stored.high
+            if stored.low < cutLow {
+                let pieceFirst = ~(cutLow &- 1)
+                pieces.append(Stored(low: stored.low, high: cutLow &- 1, paddr: stored.paddr &+ (pieceFirst &- realFirst)))
+            }
+            if cutHigh < stored.high {
+                pieces.append(Stored(low: cutHigh &+ 1, high: stored.high, paddr: stored.paddr))
+            }
+            splitCount += 1
+            domains[domain.index].replaceSubrange(position...position, with: pieces)
+            position += pieces.count
         }
         return unmapped
     }
 
     public func translate(_ domain: ReplayDomainID, iova: IOVA) -> PhysAddr? {
         guard domain.index < domains.count else { return nil }
-        let mappings = domains[domain.index]
-        let position = IntervalReplayBackend.firstEnding(atOrAfter: iova.rawValue, in: mappings)
-        guard position < mappings.count, mappings[position].first <= iova.rawValue else { return nil }
-        let mapping = mappings[position]
-        return PhysAddr(mapping.paddr &+ (iova.rawValue - mapping.first))
+        let stored = domains[domain.index]
+        let point = ~iova.rawValue
+        let position = IntervalReplayBackend.firstEnding(atOrAfter: point, in: stored)
+        guard position < stored.count, stored[position].low <= point else { return nil }
+        return PhysAddr(stored[position].paddr &+ (iova.rawValue &- ~stored[position].high))
     }
 
     public func liveMappings(in domain: ReplayDomainID) -> (count: Int, bytes: UInt64) {
         guard domain.index < domains.count else { return (0, 0) }
         var bytes: UInt64 = 0
-        for mapping in domains[domain.index] { bytes &+= mapping.length }
+        for stored in domains[domain.index] { bytes &+= stored.high &- stored.low &+ 1 }
         return (domains[domain.index].count, bytes)
     }
 }
