@@ -69,6 +69,10 @@ enum ReplayOutput {
             out += "; failed dma_map_page: \(grouped(report.failedDMAMaps))\n"
         }
 
+        if report.reuseRaceUnmaps > 0 {
+            out += "  unmaps applied early because their IOVA was re-mapped before their dma_unmap_page: \(grouped(report.reuseRaceUnmaps))\n"
+        }
+
         let total = report.violationCount
         if total == 0 {
             out += "\nViolations: none\n"

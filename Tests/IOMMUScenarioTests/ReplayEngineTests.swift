@@ -43,8 +43,10 @@ private func booted() -> TraceBuilder {
         // The ISA group's 16 MiB direct mapping at IOVA 0.
         let isa = try #require(report.domains.first { $0.id.groupID == 6 })
         #expect(isa.directMapCount == 1 && isa.liveBytes == 16 << 20)
-        // No unmap split a mapping.
+        // No unmap split a mapping, and (1 CPU, strict) no IOVA was reused before its unmap's
+        // dma_unmap_page.
         #expect(engine.backend.splitCount == 0)
+        #expect(report.reuseRaceUnmaps == 0)
     }
 
     @Test func mapsAndUnmapsAreAttributedAcrossInterleavedInterrupts() throws {
@@ -64,6 +66,26 @@ private func booted() -> TraceBuilder {
         #expect(domains["g2:d1"]?.mapCount == 1 && domains["g2:d1"]?.unmapCount == 1)
         #expect(domains["g4:d1"]?.mapCount == 1 && domains["g4:d1"]?.unmapCount == 1)
         #expect(domains["g2:d1"]?.liveMappingCount == 0)
+    }
+
+    @Test func anIOVAReusedBeforeItsDMAUnmapEventIsNotAnOverlap() throws {
+        var trace = booted()
+        trace.add(TraceBuilder.map(0xffff_f000, 0x1000_0000, 4096), task: "dd", pid: 200, cpu: 0)
+        trace.add(TraceBuilder.mapPage(nvme, 0xffff_f000, 4096, 0x1000_0000), task: "dd", pid: 200, cpu: 0)
+        // CPU 0's interrupt unmaps and frees the IOVA; before its dma_unmap_page is traced,
+        // CPU 1 maps the same IOVA again.
+        trace.add(TraceBuilder.unmap(0xffff_f000, 4096), task: "<idle>", pid: 0, cpu: 0, flags: "d.h1.")
+        trace.add(TraceBuilder.map(0xffff_f000, 0x2000_0000, 4096), task: "fio", pid: 300, cpu: 1)
+        trace.add(TraceBuilder.mapPage(nvme, 0xffff_f000, 4096, 0x2000_0000), task: "fio", pid: 300, cpu: 1)
+        trace.add(TraceBuilder.unmapPage(nvme, 0xffff_f000, 4096), task: "<idle>", pid: 0, cpu: 0, flags: "d.h1.")
+        let reader = TraceReader(bytes: Array(trace.text.utf8), name: "smp.trace")
+        var engine = ReplayEngine(backend: IntervalReplayBackend())
+        let report = try engine.replay(reader)
+        #expect(report.violations == [])
+        #expect(report.reuseRaceUnmaps == 1)
+        let domain = try #require(report.domains.first { $0.id.description == "g2:d1" })
+        #expect(domain.liveMappingCount == 1)
+        #expect(engine.backend.translate(domain.id, iova: IOVA(0xffff_f000)) == PhysAddr(0x2000_0000))
     }
 
     @Test func scatterGatherMapsAreCoveredByOneUnmapAnnouncedBeforeIt() throws {

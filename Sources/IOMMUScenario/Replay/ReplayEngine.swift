@@ -33,6 +33,9 @@ public struct ReplayEngine<Backend: ReplayBackend> {
     struct PendingUnmap {
         var line: Int
         var event: UnmapEvent
+        /// Set when the unmap was applied early, to resolve an IOVA reuse race (see
+        /// `applyRacingUnmap`), before its `dma_unmap_page` named the device.
+        var appliedTo: ReplayDomainID? = nil
     }
 
     enum PendingRelease {
@@ -76,6 +79,8 @@ public struct ReplayEngine<Backend: ReplayBackend> {
     var lostEvents: UInt64 = 0
     var failedDMAMaps = 0
     var untranslatedDMACalls = 0
+    /// Unmaps applied before their `dma_unmap_page` because their IOVA was already re-mapped.
+    public private(set) var racingUnmaps = 0
 
     public init(backend: Backend) {
         self.backend = backend
@@ -214,7 +219,8 @@ public struct ReplayEngine<Backend: ReplayBackend> {
             violations: sorted.map(\.element),
             unlistedViolationCount: unlistedViolations,
             failedDMAMaps: failedDMAMaps,
-            untranslatedDMACalls: untranslatedDMACalls)
+            untranslatedDMACalls: untranslatedDMACalls,
+            reuseRaceUnmaps: racingUnmaps)
     }
 
     // MARK: - Contexts
@@ -439,7 +445,12 @@ public struct ReplayEngine<Backend: ReplayBackend> {
         for pending in maps {
             let map = pending.event
             do throws(IOMMUError) {
-                try backend.map(domain, iova: map.iova, paddr: map.paddr, length: map.length)
+                do throws(IOMMUError) {
+                    try backend.map(domain, iova: map.iova, paddr: map.paddr, length: map.length)
+                } catch {
+                    guard error.reason == .alreadyMapped, applyRacingUnmap(covering: map, in: domain) else { throw error }
+                    try backend.map(domain, iova: map.iova, paddr: map.paddr, length: map.length)
+                }
                 domains[domain.index].summary.mapCount += 1
                 domains[domain.index].summary.mappedBytes &+= map.length
             } catch {
@@ -449,6 +460,27 @@ public struct ReplayEngine<Backend: ReplayBackend> {
                 violation(pending.line, "map iova=\(hex(map.iova.rawValue)) size=\(map.length) in \(domain) \(reason)")
             }
         }
+    }
+
+    /// SMP: an IOVA is freed right after its `unmap` event but before its `dma_unmap_page`
+    /// event, so another CPU may map it again in between. When a map overlaps a live mapping and
+    /// an unclaimed `unmap` in another context covers the overlap, that unmap is applied now to
+    /// this domain (and checked against it when its `dma_unmap_page` arrives). Returns true if
+    /// one was found.
+    mutating func applyRacingUnmap(covering map: MapEvent, in domain: ReplayDomainID) -> Bool {
+        let mapSpan = Span(map.iova.rawValue, map.length)
+        for index in contextStates.indices {
+            for slot in contextStates[index].unmaps.indices where contextStates[index].unmaps[slot].appliedTo == nil {
+                let unmap = contextStates[index].unmaps[slot]
+                let unmapSpan = Span(unmap.event.iova.rawValue, unmap.event.length)
+                guard covered(mapSpan.first, mapSpan.length, by: CollectionOfOne(unmapSpan)) > 0 else { continue }
+                contextStates[index].unmaps[slot].appliedTo = domain
+                apply(unmap, to: domain)
+                racingUnmaps += 1
+                return true
+            }
+        }
+        return false
     }
 
     mutating func apply(_ pending: PendingUnmap, to domain: ReplayDomainID) {
@@ -559,7 +591,15 @@ public struct ReplayEngine<Backend: ReplayBackend> {
             return
         }
         markTranslated(domain, line: line, what: "unmap events for dma_unmap_page")
-        for pending in unmaps { apply(pending, to: domain) }
+        for pending in unmaps {
+            if let early = pending.appliedTo {
+                if early != domain {
+                    violation(pending.line, "unmap iova=\(hex(pending.event.iova.rawValue)) was applied to \(early) for an IOVA reused on another CPU, but its dma_unmap_page (line \(line)) is for \(domain)")
+                }
+            } else {
+                apply(pending, to: domain)
+            }
+        }
         reportStrays(unmaps.lazy.map { ($0.line, Span($0.event.iova.rawValue, $0.event.length)) }, event: "unmap",
             call: "dma_unmap_page \(dma.device)", line: line, targets: CollectionOfOne(Span(dma.dmaAddress.rawValue, max(dma.length, 1))))
         let ranges = unmaps.lazy.map { Span($0.event.iova.rawValue, $0.event.length) }

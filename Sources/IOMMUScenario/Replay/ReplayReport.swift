@@ -82,6 +82,9 @@ public struct ReplayReport: Sendable {
     public var failedDMAMaps: Int
     /// DMA API calls that needed no map/unmap (pass-through domain, or a device with no group).
     public var untranslatedDMACalls: Int
+    /// Unmaps applied before their `dma_unmap_page` because another CPU (or a preempting task)
+    /// had already mapped the freed IOVA again (see `ReplayEngine.applyRacingUnmap`).
+    public var reuseRaceUnmaps: Int = 0
 
     /// The count for one event name (0 if never seen).
     public func count(of name: String) -> Int {
