@@ -45,6 +45,16 @@ private let goodLine = "            init-1       [000] .....     3.099678: add_d
         #expect(result.stdout.hasSuffix("Violations: none\n"))
     }
 
+    @Test func sampleTraceSummaryMatchesTheGoldenFile() throws {
+        let result = ReplayCommandRunner.run([sampleTrace])
+        let golden = try TestSupport.fixture("golden/replay-vtd-strict-smp1.txt")
+        // The first line names the file by its (machine-specific) path.
+        let lines = result.stdout.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false)
+        #expect(lines.first?.hasPrefix("Trace ") == true)
+        #expect(lines.first?.hasSuffix("vtd-strict-smp1.trace.xz (xz): 88,805 lines, 88,793 events, 1 CPU, tracer nop") == true)
+        #expect(String(lines.last ?? "") == golden)
+    }
+
     @Test func violationsExitWithStatusOneAndListLines() throws {
         let text = header
             + "              dd-220     [000] .....    11.564840: map: IOMMU: iova=0x00000000fffdf000 - 0x00000000fffe0000 paddr=0x00000000070d6000 size=4096\n"
