@@ -34,11 +34,15 @@ let package = Package(
             swiftSettings: strictSettings
         ),
 
+        // MARK: - Scenarios and traces (the first module allowed to import Foundation)
+        .target(name: "IOMMUScenario", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
+
         // MARK: - Command-line tool
         .target(
             name: "IOMMUCLI",
             dependencies: [
                 "IOMMUKit",
+                "IOMMUScenario",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -75,6 +79,11 @@ let package = Package(
         .testTarget(
             name: "IOMMUCoreTests",
             dependencies: ["IOMMUCore", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IOMMUScenarioTests",
+            dependencies: ["IOMMUScenario", "IOMMUTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
