@@ -52,6 +52,11 @@ public struct WalkFault: Hashable, Sendable, CustomStringConvertible {
     public var kind: WalkFaultKind
     public var level: Int
     public var iova: IOVA
+    @inlinable public init(kind: WalkFaultKind, level: Int, iova: IOVA) {
+        self.kind = kind
+        self.level = level
+        self.iova = iova
+    }
     public var description: String { "\(kind) at level \(level) for iova \(iova)" }
 }
 

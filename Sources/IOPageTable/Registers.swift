@@ -19,6 +19,17 @@ public struct TranslationControlFields: Hashable, Sendable {
     public var ps: UInt64
     /// Stage 2 only: SL0 start-level encoding; 0 for stage 1.
     public var sl: UInt64
+
+    @inlinable
+    public init(tsz: UInt64, irgn: UInt64, orgn: UInt64, sh: UInt64, tg: UInt64, ps: UInt64, sl: UInt64) {
+        self.tsz = tsz
+        self.irgn = irgn
+        self.orgn = orgn
+        self.sh = sh
+        self.tg = tg
+        self.ps = ps
+        self.sl = sl
+    }
 }
 
 /// Register values a stage-1 context is programmed with.
