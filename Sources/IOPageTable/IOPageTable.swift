@@ -29,6 +29,15 @@ public struct IOPageTable<Format: PageTableFormat>: ~Copyable {
     public let rootFrameSize: PageSize
 
     @usableFromInline let rootPointers: [UnsafeMutablePointer<Atomic<UInt64>>]
+    // Hot-path copies, so a walk touches no class instance and no array: the first root, the
+    // RAM window's host mapping, and the shift/mask of the start level.
+    @usableFromInline let firstRoot: UnsafeMutablePointer<Atomic<UInt64>>
+    @usableFromInline let ramHostBase: UnsafeMutableRawPointer
+    @usableFromInline let ramFirst: UInt64
+    @usableFromInline let ramLength: UInt64
+    @usableFromInline let startShift: UInt64
+    @usableFromInline let startMask: UInt64
+    @usableFromInline let tableMask: UInt64
 
     /// Builds an empty table: validates `configuration` as Linux's allocator does and allocates
     /// the top-level table(s).
@@ -55,10 +64,20 @@ public struct IOPageTable<Format: PageTableFormat>: ~Copyable {
         self.warnings = warnings
         self.roots = roots
         self.rootFrameSize = rootFrameSize
-        self.rootPointers = roots.map { root in
+        let rootPointers = roots.map { root in
             guard let pointer = frames.memory.wordPointer(root) else { preconditionFailure("frames come from RAM") }
             return pointer
         }
+        self.rootPointers = rootPointers
+        self.firstRoot = rootPointers[0]
+        let ram = frames.memory.ram
+        guard let ramWord = frames.memory.wordPointer(ram.first) else { preconditionFailure("RAM has a host mapping") }
+        self.ramHostBase = UnsafeMutableRawPointer(ramWord)
+        self.ramFirst = ram.first.rawValue
+        self.ramLength = ram.length
+        self.startShift = UInt64(geometry.levelShift(geometry.startLevel))
+        self.startMask = (1 << UInt64(geometry.pgdBits)) - 1
+        self.tableMask = (1 << UInt64(geometry.bitsPerLevel)) - 1
     }
 
     deinit {
@@ -82,10 +101,15 @@ public struct IOPageTable<Format: PageTableFormat>: ~Copyable {
     /// The host pointer of the descriptor word at physical address `address`.
     @inlinable
     func descriptors(at address: UInt64) -> UnsafeMutablePointer<Atomic<UInt64>> {
-        guard let pointer = memory.wordPointer(PhysAddr(address)) else {
-            preconditionFailure("page-table descriptor points outside RAM")
-        }
-        return pointer
+        let offset = address &- ramFirst
+        precondition(offset < ramLength && offset & 7 == 0, "page-table descriptor points outside RAM")
+        return (ramHostBase + Int(truncatingIfNeeded: offset)).assumingMemoryBound(to: Atomic<UInt64>.self)
+    }
+
+    /// The top-level table that serves `iova`.
+    @inlinable
+    func root(for iova: UInt64) -> UnsafeMutablePointer<Atomic<UInt64>> {
+        geometry.rootCount == 1 ? firstRoot : rootPointers[geometry.rootIndex(iova)]
     }
 
     /// Entries left in the (granule-sized) table from `index`; a concatenated pgd counts as
@@ -150,11 +174,14 @@ public struct IOPageTable<Format: PageTableFormat>: ~Copyable {
         }
         let attributes = Format.leafAttributes(prot, configuration: configuration)
         var level = geometry.startLevel
-        var table = rootPointers[geometry.rootIndex(iova.rawValue)]
+        var shift = startShift
+        var mask = startMask
+        var table = root(for: iova.rawValue)
+        let pageShift = UInt64(pageSize.shift)
         while true {
-            let index = geometry.index(iova.rawValue, level: level)
+            let index = Int(truncatingIfNeeded: (iova.rawValue &>> shift) & mask)
             let entry = table + index
-            if geometry.levelShift(level) == pageSize.shift {
+            if shift == pageShift {
                 let n = min(count, maxEntries(from: index))
                 try installLeaves(iova: iova.rawValue, paddr: paddr.rawValue, attributes: attributes,
                                   level: level, table: table, first: index, count: n, invalidator: &invalidator)
@@ -182,6 +209,8 @@ public struct IOPageTable<Format: PageTableFormat>: ~Copyable {
             }
             table = descriptors(at: Format.outputAddress(pte))
             level &+= 1   // < lastLevel by the guard above
+            shift &-= UInt64(geometry.bitsPerLevel)
+            mask = tableMask
         }
     }
 
@@ -252,7 +281,7 @@ public struct IOPageTable<Format: PageTableFormat>: ~Copyable {
             return 0
         }
         return unmapWalk(iova: iova.rawValue, pageShift: pageSize.shift, count: count, level: geometry.startLevel,
-                         table: rootPointers[geometry.rootIndex(iova.rawValue)], gather: &gather, addPages: true,
+                         table: root(for: iova.rawValue), gather: &gather, addPages: true,
                          invalidator: &invalidator)
     }
 
@@ -273,15 +302,16 @@ public struct IOPageTable<Format: PageTableFormat>: ~Copyable {
     ) -> UInt64 {
         var level = startLevel
         var table = startTable
+        var shift = geometry.levelShift(level)
+        var mask = level == geometry.startLevel ? startMask : tableMask
         while level <= geometry.lastLevel {
-            let index = geometry.index(iova, level: level)
+            let index = Int(truncatingIfNeeded: (iova &>> UInt64(shift)) & mask)
             let entry = table + index
             let pte = entry.pointee.load(ordering: .acquiring)
             if pte == 0 {
                 warnings.warn(.unmapOfUnmappedIOVA(iova: IOVA(iova), pageSize: 1 &<< UInt64(pageShift)))
                 return 0
             }
-            let shift = geometry.levelShift(level)
             if shift == pageShift {
                 let n = min(count, maxEntries(from: index))
                 let size = UInt64(1) &<< UInt64(shift)
@@ -314,6 +344,8 @@ public struct IOPageTable<Format: PageTableFormat>: ~Copyable {
             }
             table = descriptors(at: Format.outputAddress(pte))
             level &+= 1
+            shift &-= geometry.bitsPerLevel
+            mask = tableMask
         }
         return 0
     }
@@ -375,26 +407,30 @@ public struct IOPageTable<Format: PageTableFormat>: ~Copyable {
     /// gives `nil` instead of aliasing into the table.
     @inlinable
     public func iovaToPhys(_ iova: IOVA) -> PhysAddr? {
-        if Format.checksInputRange && iova.rawValue &>> UInt64(geometry.ias) != 0 { return nil }
+        let address = iova.rawValue
+        if Format.checksInputRange && address &>> UInt64(geometry.ias) != 0 { return nil }
         var level = geometry.startLevel
-        var table = rootPointers[geometry.rootIndex(iova.rawValue)]
+        var shift = startShift
+        var mask = startMask
+        var table = root(for: address)
         while true {
-            let pte = table[geometry.index(iova.rawValue, level: level)].load(ordering: .acquiring)
+            let pte = table[Int(truncatingIfNeeded: (address &>> shift) & mask)].load(ordering: .acquiring)
             if pte == 0 { return nil }
             if Format.isLeaf(pte, level: level) {
-                let mask = (UInt64(1) &<< UInt64(geometry.levelShift(level))) &- 1
-                return PhysAddr(Format.outputAddress(pte) | (iova.rawValue & mask))
+                return PhysAddr(Format.outputAddress(pte) | (address & ((1 &<< shift) &- 1)))
             }
             guard level < geometry.lastLevel else { return nil }
             table = descriptors(at: Format.outputAddress(pte))
             level &+= 1
+            shift &-= UInt64(geometry.bitsPerLevel)   // ≥ granuleShift: level ≤ lastLevel
+            mask = tableMask
         }
     }
 
     /// The raw descriptor that maps `iova` and its level, or `nil` (for tools and tests).
     public func leafDescriptor(_ iova: IOVA) -> (descriptor: UInt64, level: Int)? {
         var level = geometry.startLevel
-        var table = rootPointers[geometry.rootIndex(iova.rawValue)]
+        var table = root(for: iova.rawValue)
         while true {
             let pte = table[geometry.index(iova.rawValue, level: level)].load(ordering: .acquiring)
             if pte == 0 { return nil }
