@@ -119,7 +119,8 @@ public enum WalkResult: Hashable, Sendable {
 /// TCR). It reads raw descriptors from `PhysicalMemory` with acquire loads. The only write it
 /// ever makes is the hardware dirty-state update (AP[2] cleared on a write to a DBM leaf) when
 /// the TCR enables HD, as the architecture specifies.
-public struct HardwareWalker: Sendable {
+public struct HardwareWalker: @unchecked Sendable {
+    // @unchecked: `ramHostBase` points into `memory`'s RAM, whose words are accessed atomically.
     /// The translation regime.
     public enum Regime: Hashable, Sendable {
         case stage1
@@ -141,6 +142,15 @@ public struct HardwareWalker: Sendable {
     public let tableBases: [UInt64]
     @usableFromInline let mair: UInt64
     @usableFromInline let hardwareDirty: Bool
+    // The RAM window's host mapping, so that reading a descriptor in RAM touches no class.
+    @usableFromInline let ramHostBase: UnsafeMutableRawPointer
+    @usableFromInline let ramFirst: UInt64
+    @usableFromInline let ramLength: UInt64
+
+    static func ramWindow(_ memory: PhysicalMemory) -> (UnsafeMutableRawPointer, UInt64, UInt64) {
+        guard let word = memory.wordPointer(memory.ram.first) else { preconditionFailure("RAM has a host mapping") }
+        return (UnsafeMutableRawPointer(word), memory.ram.first.rawValue, memory.ram.length)
+    }
 
     // MARK: Configuration from registers
 
@@ -171,6 +181,7 @@ public struct HardwareWalker: Sendable {
         var base = ttbr & 0x0000_FFFF_FFFF_FFFE
         if pa == 52 { base = (base & ~0x3C) | (((ttbr >> 2) & 0xF) << 48) }
         self.memory = memory
+        (self.ramHostBase, self.ramFirst, self.ramLength) = Self.ramWindow(memory)
         self.regime = .stage1
         self.granuleShift = granule
         self.inputBits = ias
@@ -208,6 +219,7 @@ public struct HardwareWalker: Sendable {
             throw IOMMUError(.invalidConfiguration, address: vtcr)
         }
         self.memory = memory
+        (self.ramHostBase, self.ramFirst, self.ramLength) = Self.ramWindow(memory)
         self.regime = .stage2
         self.granuleShift = granule
         self.inputBits = ias
@@ -232,6 +244,7 @@ public struct HardwareWalker: Sendable {
         }
         guard [1, 2, 4].contains(bases.count) else { throw IOMMUError(.invalidConfiguration, address: UInt64(tcr)) }
         self.memory = memory
+        (self.ramHostBase, self.ramFirst, self.ramLength) = Self.ramWindow(memory)
         self.regime = .dart(isDART2: isDART2)
         self.granuleShift = 14
         self.inputBits = 36 + bases.count.trailingZeroBitCount
@@ -268,7 +281,9 @@ public struct HardwareWalker: Sendable {
 
     @inlinable
     func read(_ address: UInt64) -> UInt64? {
-        if let word = memory.wordPointer(PhysAddr(address)) {
+        let offset = address &- ramFirst
+        if offset < ramLength && offset & 7 == 0 {
+            let word = (ramHostBase + Int(truncatingIfNeeded: offset)).assumingMemoryBound(to: Atomic<UInt64>.self)
             return UInt64(littleEndian: word.pointee.load(ordering: .acquiring))
         }
         return try? memory.load64(PhysAddr(address))
