@@ -80,3 +80,27 @@ struct WalkerTests {
         #expect(walker.translate(IOVA(0x2000)).translation?.physicalAddress == PhysAddr(0x6000))
     }
 }
+
+@Suite("DART with several TTBRs")
+struct DARTMultipleTTBRTests {
+    @Test func eachQuarterOfTheIOVASpaceUsesItsOwnTable() throws {
+        let frames = try makeFrames()
+        // ias 38: bits 37:36 pick one of 4 top-level tables (16 KiB each).
+        let table = try AnyIOPageTable(kind: .appleDART2, granule: .size16K,
+                                       configuration: PageTableConfiguration(ias: 38, oas: 42), frames: frames)
+        #expect(table.roots.count == 4)
+        for quarter in 0..<4 as Range<UInt64> {
+            let iova = (quarter << 36) | 0x1234_4000
+            #expect(mapResult(table, iova: iova, paddr: 0x100_0000 * (quarter + 1), size: .size16K, prot: [.read, .write]) == "ok")
+        }
+        let tables = table.liveTables()
+        // Each root has exactly one entry (L1 index 9) pointing at its own L2 table.
+        #expect(tables.filter { $0.level == 1 }.map(\.entries.count) == [1, 1, 1, 1])
+        let walk = try walker(for: table, memory: frames.memory)
+        for quarter in 0..<4 as Range<UInt64> {
+            let iova = (quarter << 36) | 0x1234_4010
+            #expect(walk.translate(IOVA(iova), access: .write).translation?.physicalAddress == PhysAddr(0x100_0000 * (quarter + 1) + 0x10))
+            #expect(table.iovaToPhys(IOVA(iova)) == PhysAddr(0x100_0000 * (quarter + 1) + 0x10))
+        }
+    }
+}
