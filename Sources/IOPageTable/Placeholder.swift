@@ -1,1 +1,0 @@
-// The IO page-table formats; see IOPageTable.swift.
