@@ -162,38 +162,6 @@ public struct DomainGeometry: Hashable, Sendable {
 
 // MARK: - IOTLB gather
 
-/// Invalidations collected during an unmap, flushed by `iotlb_sync`.
-///
-/// Linux: `struct iommu_iotlb_gather` (`start` = `ULONG_MAX` when empty, `end` inclusive).
-@frozen
-public struct IOTLBGather: Hashable, Sendable {
-    public var start: UInt64
-    public var end: UInt64
-    public var pageSize: UInt64
-    /// Set by flush-queue users: the invalidation is deferred. Linux: `queued`.
-    public var queued: Bool
-
-    /// An empty gather. Linux: `iommu_iotlb_gather_init()`.
-    @inlinable
-    public init() {
-        start = UInt64.max
-        end = 0
-        pageSize = 0
-        queued = false
-    }
-
-    @inlinable public var isEmpty: Bool { start == UInt64.max && end == 0 }
-
-    /// Extends the range to cover `[iova, iova + length)`. Linux: `iommu_iotlb_gather_add_range()`.
-    @inlinable
-    public mutating func addRange(iova: IOVA, length: UInt64) {
-        guard length != 0 else { return }
-        let last = iova.rawValue &+ (length &- 1)
-        if iova.rawValue < start { start = iova.rawValue }
-        if last > end { end = last }
-    }
-}
-
 // MARK: - Helpers
 
 /// `0x%016llx`.

@@ -1,15 +1,7 @@
 import IOMMUBase
 
 /// One chunk of a range split into pages: `count` pages of `pageSize`.
-public struct PageChunk: Hashable, Sendable, CustomStringConvertible {
-    public var pageSize: PageSize
-    public var count: UInt64
-    @inlinable public init(pageSize: PageSize, count: UInt64) {
-        self.pageSize = pageSize
-        self.count = count
-    }
-    public var description: String { "\(pageSize) × \(count)" }
-}
+public typealias PageChunk = IOMMUPageSizeSplit
 
 /// The largest page size, and how many of them, to map the start of `[iova, iova + length)`
 /// to `paddr`.
@@ -17,36 +9,12 @@ public struct PageChunk: Hashable, Sendable, CustomStringConvertible {
 /// Linux: `iommu_pgsize()` (the page-count form). The caller must have checked that `iova`,
 /// `paddr` and `length` are multiples of the smallest supported size and that `length` is not
 /// 0; otherwise this is a programmer error (Linux: BUG).
-///
-/// - Parameters:
-///   - pageSizes: the supported sizes (`pgsize_bitmap`).
 @inlinable
 public func iommuPageSize(iova: UInt64, paddr: UInt64, length: UInt64, pageSizes: PageSizeBitmap) -> PageChunk {
-    let addressMerge = iova | paddr
-    // Sizes no larger than the largest power of two ≤ length.
-    precondition(length != 0, "iommuPageSize of an empty range")
-    let upTo = UInt64(63 &- length.leadingZeroBitCount)
-    var candidates = pageSizes.rawValue & (upTo == 63 ? ~0 : (UInt64(2) &<< upTo) &- 1)
-    // Sizes to which both addresses are aligned.
-    if addressMerge != 0 {
-        let alignShift = UInt64(addressMerge.trailingZeroBitCount)
-        candidates &= alignShift >= 63 ? ~0 : (UInt64(2) &<< alignShift) &- 1
+    guard let chunk = IOMMUPageSizeSplit.split(bitmap: pageSizes, iova: iova, paddr: paddr, size: length) else {
+        preconditionFailure("iommuPageSize: no page size fits (empty or unaligned request)")
     }
-    precondition(candidates != 0, "iommuPageSize: no page size fits (unaligned request)")
-    let pageShift = 63 &- candidates.leadingZeroBitCount
-    let pageBytes = UInt64(1) &<< UInt64(pageShift)
-    // The next larger supported size decides whether to stop at its boundary.
-    let larger = pageShift == 63 ? 0 : pageSizes.rawValue & ~((UInt64(2) &<< UInt64(pageShift)) &- 1)
-    guard larger != 0 else { return PageChunk(pageSize: PageSize(shift: pageShift), count: length &>> UInt64(pageShift)) }
-    let nextBytes = UInt64(1) &<< UInt64(larger.trailingZeroBitCount)
-    if (iova ^ paddr) & (nextBytes &- 1) != 0 {
-        return PageChunk(pageSize: PageSize(shift: pageShift), count: length &>> UInt64(pageShift))
-    }
-    let offset = nextBytes &- (addressMerge & (nextBytes &- 1))
-    if offset &+ nextBytes <= length, offset &+ nextBytes > offset {
-        return PageChunk(pageSize: PageSize(shift: pageShift), count: offset / pageBytes)
-    }
-    return PageChunk(pageSize: PageSize(shift: pageShift), count: length &>> UInt64(pageShift))
+    return chunk
 }
 
 /// The whole split of `[iova, iova + length)` as Linux's `__iommu_map` loop would issue it.

@@ -1,10 +1,8 @@
-import IOMMUBase
-
 /// The page size and page count `iommu_map`/`iommu_unmap` hand the driver for the next chunk of
 /// a range.
 ///
-/// Linux: `iommu_pgsize()` in `iommu.c`. Self-contained on purpose (IOPageTable has its own
-/// copy; the two are to be deduplicated later).
+/// Linux: `iommu_pgsize()` in `iommu.c`. Shared by the IOMMU core's `iommu_map`/`iommu_unmap`
+/// and the page-table layer's range operations (`IOPageTable.map(iova:paddr:length:…)`).
 @frozen
 public struct IOMMUPageSizeSplit: Hashable, Sendable, CustomStringConvertible {
     /// The page size to use.
