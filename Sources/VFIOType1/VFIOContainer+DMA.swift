@@ -173,11 +173,10 @@ extension VFIOContainer {
             index += 1
         }
         if updateVaddr {
+            // Linux invalidates as it walks and undoes this call's invalidations when it meets
+            // one that is already invalid; checking first gives the same end state.
             var invalidated: UInt64 = 0
-            for (n, i) in selected.enumerated() where s.mappings[i].vaddrInvalid {
-                for j in selected[..<n] { s.mappings[j].vaddrInvalid = false }
-                s.vaddrInvalidCount -= n
-                _ = invalidated
+            if let i = selected.first(where: { s.mappings[$0].vaddrInvalid }) {
                 throw IOMMUError(.invalidArgument, address: s.mappings[i].iova, length: s.mappings[i].size)
             }
             for i in selected {
