@@ -18,8 +18,8 @@ final class VFIOHarness: Sendable {
 
     init(
         lockedLimit: UInt64 = 64 << 20, ipcLock: Bool = false, cpuPageSize: PageSize = .size4K,
-        vfioConfig: (inout VFIOType1Configuration) -> Void = { _ in },
-        _ configure: (inout FakeIOMMUDriver.Config) -> Void = { _ in }
+        _ configure: (inout FakeIOMMUDriver.Config) -> Void = { _ in },
+        vfioConfig: (inout VFIOType1Configuration) -> Void = { _ in }
     ) throws {
         core = IOMMUCore(configuration: IOMMUCoreConfiguration(cpuPageSize: cpuPageSize), warnings: warnings)
         driver = FakeIOMMUDriver(configure)

@@ -177,7 +177,7 @@ struct MapDMATests {
 
     @Test func iommuPageLargerThanCPUPageWarnsAndAlignsToIt() throws {
         // A 16K-page kernel's IOMMU seen by our 4K-page VFIO (the core's attach check passes).
-        let h = try VFIOHarness(cpuPageSize: .size16K, vfioConfig: { _ in }) { $0.pageSizes = PageSizeBitmap([.size16K, .size2M]) }
+        let h = try VFIOHarness(cpuPageSize: .size16K) { $0.pageSizes = PageSizeBitmap([.size16K, .size2M]) }
         let (c, _) = try h.container()
         #expect(c.pageSizeBitmap == (1 << 14) | (1 << 21))
         let va = try h.buffer(0x8000)
