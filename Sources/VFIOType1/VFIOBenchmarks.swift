@@ -27,12 +27,19 @@ public enum VFIOBenchmarks {
         }
     }
 
-    /// MAP_DMA + UNMAP_DMA of `bytes` backed by 4 KiB anonymous pages and by 2 MiB huge pages,
-    /// `iterations` times each (after one warm-up that faults the memory in).
+    /// MAP_DMA + UNMAP_DMA of `bytes` backed by 4 KiB anonymous pages (as the frame allocator hands
+    /// them out, which is mostly physically contiguous, so runs are long), by 4 KiB pages pinned
+    /// and mapped one page per run (`disable_hugepages`: the scattered-memory worst case), and by
+    /// 2 MiB huge pages; `iterations` times each, after one warm-up that faults the memory in.
     public static func mapUnmapLarge(bytes: UInt64 = 1 << 30, iterations: Int = 3) throws(IOMMUError) -> [Result] {
         var results: [Result] = []
-        for backing in [HostMemory.Backing.anonymous, .hugePages2M] {
-            let setup = try Setup(ramBytes: bytes + (256 << 20))
+        let cases: [(HostMemory.Backing, Bool, String)] = [
+            (.anonymous, false, "vfio map+unmap 4K pages"),
+            (.anonymous, true, "vfio map+unmap 4K pages, one page per run (disable_hugepages)"),
+            (.hugePages2M, false, "vfio map+unmap 2M huge pages"),
+        ]
+        for (backing, onePagePerRun, name) in cases {
+            let setup = try Setup(ramBytes: bytes + (256 << 20), disableHugepages: onePagePerRun)
             let va = try setup.host.map(length: bytes, backing: backing)
             let iova = IOVA(1 << 32)
             try setup.container.mapDMA(iova: iova, vaddr: va.first, length: bytes, read: true, write: true)
@@ -44,7 +51,6 @@ public enum VFIOBenchmarks {
                 try setup.container.unmapDMA(iova: iova, length: bytes)
             }
             let elapsed = clock.now - start
-            let name = backing == .anonymous ? "vfio map+unmap 4K pages" : "vfio map+unmap 2M huge pages"
             results.append(Result(name: name, bytes: bytes, iterations: iterations, secondsPerIteration: seconds(elapsed) / Double(iterations)))
         }
         return results
@@ -76,11 +82,13 @@ public enum VFIOBenchmarks {
         let host: HostMemory
         let container: VFIOContainer
 
-        init(ramBytes: UInt64) throws(IOMMUError) {
+        init(ramBytes: UInt64, disableHugepages: Bool = false) throws(IOMMUError) {
             let core = IOMMUCore()
             _ = try core.registerIOMMU(name: "bench", driver: BenchmarkIOMMUDriver())
             let device = try core.addDevice(.platform("bench0", iommu: FirmwareIOMMUSpec(iommu: "bench", streamIDs: [StreamID(1)])))
-            let vfio = VFIO(core: core)
+            var configuration = VFIOType1Configuration()
+            configuration.disableHugepages = disableHugepages
+            let vfio = VFIO(core: core, configuration: configuration)
             let memory = try PhysicalMemory(addressBits: 48, ramBase: PhysAddr(0x8000_0000), ramSize: ramBytes)
             host = HostMemory(memory: memory, frames: FrameAllocator(memory: memory), lockedMemoryLimit: 0, hasIPCLock: true)
             container = vfio.openContainer(process: host)
