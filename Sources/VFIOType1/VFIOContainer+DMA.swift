@@ -33,7 +33,7 @@ extension VFIOContainer {
         let caller = process ?? self.process
         try state.withLock { s throws(IOMMUError) in
             guard s.type != nil else { throw IOMMUError(.invalidArgument) }
-            let pgsize = minimumPageSizeLocked(s)
+            let pgsize = minimumPageSizeLocked(s, warn: true)
             let mask = pgsize - 1
             let iova = iova.rawValue
             let vaddr = vaddr.rawValue
@@ -68,7 +68,7 @@ extension VFIOContainer {
                 return
             }
             if existing != nil { throw IOMMUError(.alreadyMapped, address: iova, length: length) }
-            guard s.dmaAvail > 0 else { throw IOMMUError(.busy, address: iova, length: length, code: .noSpace) }
+            guard s.dmaAvail > 0 else { throw IOMMUError(.noIOVASpace, address: iova, length: length, code: .noSpace) }
             if !s.iovaList.isEmpty, !s.iovaList.contains(where: { iova >= $0.first && last <= $0.last }) {
                 throw IOMMUError(.overlapsReserved, address: iova, length: length)
             }
@@ -136,7 +136,7 @@ extension VFIOContainer {
     ) throws(IOMMUError) -> UnmapOutcome {
         guard s.type != nil else { throw IOMMUError(.invalidArgument) }
         if updateVaddr, !s.emulatedGroups.isEmpty { throw IOMMUError(.busy, address: iova, length: length) }
-        let pgsize = minimumPageSizeLocked(s)
+        let pgsize = minimumPageSizeLocked(s, warn: true)
         let mask = pgsize - 1
         guard iova & mask == 0 else { throw IOMMUError(.unaligned, address: iova, length: length) }
         var size = length

@@ -344,10 +344,11 @@ public final class VFIOContainer: Sendable {
     }
 
     /// The smallest supported page (the map/unmap alignment), warning if it exceeds the CPU page.
-    func minimumPageSizeLocked(_ s: State) -> UInt64 {
+    /// Linux warns on map and unmap only (`warn: true`).
+    func minimumPageSizeLocked(_ s: State, warn: Bool = false) -> UInt64 {
         let bitmap = s.pgsizeBitmap
         let pgsize = bitmap == 0 ? 0x1000 : UInt64(1) << UInt64(bitmap.trailingZeroBitCount)
-        if (pgsize - 1) & ~UInt64(0xFFF) != 0 { warnings.warn(.vfioIOMMUPageLargerThanCPUPage(pageSize: pgsize)) }
+        if warn, (pgsize - 1) & ~UInt64(0xFFF) != 0 { warnings.warn(.vfioIOMMUPageLargerThanCPUPage(pageSize: pgsize)) }
         return pgsize
     }
 }

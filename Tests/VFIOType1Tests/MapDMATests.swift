@@ -185,4 +185,33 @@ struct MapDMATests {
         #expect(h.warnings.warnings.contains(.vfioIOMMUPageLargerThanCPUPage(pageSize: 1 << 14)))
         try c.mapDMA(iova: IOVA(0x4000), vaddr: va, length: 0x4000, read: true, write: true)
     }
+
+    @Test func theDefaultLimitOf65535LiveMappingsThenENOSPC() throws {
+        // Emulated-only container: nothing is pinned, so 65535 mappings are cheap.
+        let h = try VFIOHarness()
+        let c = h.vfio.openContainer(process: h.host)
+        try h.vfio.openEmulatedGroup().setContainer(c)
+        try c.setIOMMU(.type1v2)
+        let va = try h.buffer(0x1000)
+        for i in 0..<65535 {
+            try c.mapDMA(iova: IOVA(UInt64(i) << 12), vaddr: va, length: 0x1000, read: true, write: false)
+        }
+        #expect(try c.info().dmaAvailable == 0)
+        let before = c.mappings.count
+        #expect(errno { try c.mapDMA(iova: IOVA(1 << 40), vaddr: va, length: 0x1000, read: true, write: false) } == .noSpace)
+        #expect(c.mappings.count == before)
+        // Overlap is still EEXIST with no slot left.
+        #expect(errno { try c.mapDMA(iova: IOVA(0), vaddr: va, length: 0x1000, read: true, write: false) } == .exists)
+    }
+
+    @Test func x86MSIWindowIsOutsideTheValidList() throws {
+        let h = try VFIOHarness()
+        let msi = ReservedRegion(start: 0xFEE0_0000, length: 0x10_0000, prot: [.write, .mmio], type: .msi)
+        let c = h.vfio.openContainer(process: h.host)
+        try h.vfio.openGroup(id: h.addGroup("nic", regions: [msi])).setContainer(c)
+        try c.setIOMMU(.type1v2)
+        let va = try h.buffer(0x1000)
+        #expect(errno { try c.mapDMA(iova: IOVA(0xFEE0_0000), vaddr: va, length: 0x1000, read: true, write: true) } == .invalidArgument)
+        try c.mapDMA(iova: IOVA(0xFEF0_0000), vaddr: va, length: 0x1000, read: true, write: true)
+    }
 }

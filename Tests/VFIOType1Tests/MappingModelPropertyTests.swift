@@ -84,12 +84,12 @@ struct MappingModelPropertyTests {
                     do {
                         try c.mapDMA(iova: IOVA(iova), vaddr: vaddr, length: size, read: true, write: rng.next() % 2 == 0)
                         actual = .ok(0)
-                    } catch let error as IOMMUError { actual = .err(error.code) }
+                    } catch { actual = .err(error.code) }
                 } else {
                     let all = op == 9 && rng.next() % 4 == 0
                     let (ui, us) = all ? (rng.next() % 8 == 0 ? UInt64(0x1000) : 0, UInt64(0)) : (iova, size)
                     expected = model.unmap(ui, us, all: all)
-                    do { actual = .ok(try c.unmapDMA(iova: IOVA(ui), length: us, all: all)) } catch let error as IOMMUError { actual = .err(error.code) }
+                    do { actual = .ok(try c.unmapDMA(iova: IOVA(ui), length: us, all: all)) } catch { actual = .err(error.code) }
                 }
                 #expect(actual == expected, "seed \(seed) step \(step) op \(op) iova \(iova) size \(size)")
                 let live = c.mappings.map { [$0.iova.rawValue, $0.length] }
