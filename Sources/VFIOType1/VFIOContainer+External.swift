@@ -195,7 +195,7 @@ extension VFIOContainer {
         }
     }
 
-    /// Linux `vfio_dma_rw` (read). Errors: vaddr invalidated → EBUSY; no mapping → EINVAL;
+    /// Linux `vfio_dma_rw` (read). Errors: length 0 → EINVAL; vaddr invalidated → EBUSY; no mapping → EINVAL;
     /// mapping not readable → EPERM; copy failure → EFAULT.
     public func dmaRead(iova: IOVA, count: Int) throws(IOMMUError) -> [UInt8] {
         var out: [UInt8] = []
@@ -216,6 +216,7 @@ extension VFIOContainer {
     private func dmaAccess(
         iova: IOVA, count: Int, write: Bool, _ body: (Mapping, VirtAddr, Int, Int) throws(IOMMUError) -> Void
     ) throws(IOMMUError) {
+        guard count > 0 else { throw IOMMUError(.invalidArgument, address: iova.rawValue) }
         try state.withLock { s throws(IOMMUError) in
             guard s.type != nil else { throw IOMMUError(.invalidArgument) }
             if s.vaddrInvalidCount > 0 { throw IOMMUError(.busy, address: iova.rawValue) }

@@ -178,7 +178,8 @@ public final class VFIOContainer: Sendable {
     public func checkExtension(_ extensionID: UInt64) -> Int32 {
         state.withLock { s in
             switch extensionID {
-            case VFIOUAPI.type1IOMMU, VFIOUAPI.type1v2IOMMU, VFIOUAPI.unmapAll: return 1
+            // Linux 6.12 still answers 1 for the nesting type (removed in 6.13).
+            case VFIOUAPI.type1IOMMU, VFIOUAPI.type1v2IOMMU, VFIOUAPI.type1NestingIOMMU, VFIOUAPI.unmapAll: return 1
             case VFIOUAPI.updateVaddr: return s.type != nil && s.emulatedGroups.isEmpty ? 1 : 0
             case VFIOUAPI.dmaCCIOMMU:
                 // Every domain enforces cache coherency; none of our domains can be asked to.

@@ -212,6 +212,7 @@ struct ExternalPinningTests {
         #expect(try h.host.read(VirtAddr(va.rawValue + 0xffe), count: 4) == [1, 2, 3, 4])
         #expect(try d.dmaRead(iova: IOVA(0x100ffe), count: 4) == [1, 2, 3, 4])
         #expect(errno { _ = try d.dmaRead(iova: IOVA(0x103fff), count: 2) } == .invalidArgument)
+        #expect(errno { _ = try d.dmaRead(iova: IOVA(0x100000), count: 0) } == .invalidArgument)
         let ro = try h.buffer(0x1000, writable: false)
         try c.mapDMA(iova: IOVA(0x200000), vaddr: ro, length: 0x1000, read: true, write: false)
         #expect(errno { try d.dmaWrite(iova: IOVA(0x200000), bytes: [1]) } == .notPermitted)
