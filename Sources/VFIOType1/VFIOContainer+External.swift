@@ -17,7 +17,10 @@ public final class VFIOEmulatedDevice: Sendable, CustomStringConvertible {
     /// The number this device is reported by in warnings (`device#N`).
     public let id: DeviceID
     public let name: String
-    public unowned let container: VFIOContainer
+    /// The container it is registered with (a strong reference: a device outliving its
+    /// container's last user must still answer with an errno, not crash; `close()` and
+    /// `unregister()` break the cycle).
+    public let container: VFIOContainer
     let handler: @Sendable (VFIOEmulatedDevice, IOVA, UInt64) -> Void
 
     init(id: DeviceID, name: String, container: VFIOContainer, handler: @escaping @Sendable (VFIOEmulatedDevice, IOVA, UInt64) -> Void) {

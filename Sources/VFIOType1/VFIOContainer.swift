@@ -274,6 +274,7 @@ public final class VFIOContainer: Sendable {
         state.withLock { s in
             if s.type != nil { releaseBackendLocked(&s) }
             s.released = true
+            s.devices = [:]
         }
         vfio.forgetContainer(fd: fd)
     }

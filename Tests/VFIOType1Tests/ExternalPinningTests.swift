@@ -203,6 +203,10 @@ struct ExternalPinningTests {
         #expect(h.warnings.warnings.contains(.vfioPinnedPagesAtRelease(device: d.id, iova: IOVA(0x100000), pages: 3)))
         #expect(h.host.totalPins == 3, "never unpinned behind the driver's back")
         #expect(c.mappings.isEmpty)
+        // The device outlives the container: calls answer with an errno, never crash.
+        #expect(errno { _ = try d.pinPages(iova: IOVA(0x100000), count: 1, prot: .read) } == .invalidArgument)
+        #expect(errno { _ = try d.dmaRead(iova: IOVA(0x100000), count: 1) } == .invalidArgument)
+        d.unpinPages(iova: IOVA(0x100000), count: 1)
     }
 
     @Test func dmaReadWriteByIOVA() throws {
