@@ -220,7 +220,7 @@ public final class VFIOContainer: Sendable {
                     attached.append(group)
                 } catch {
                     for done in attached.reversed() { detachLocked(&s, done) }
-                    s.type = nil
+                    releaseBackendLocked(&s)
                     throw error
                 }
             }

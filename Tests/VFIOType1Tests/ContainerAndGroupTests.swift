@@ -74,8 +74,14 @@ struct ContainerAndGroupTests {
         #expect(errno { try c.setIOMMU(.type1v2) } == .notPermitted)
         #expect(c.iommuType == nil)
         #expect(c.domains.isEmpty)
+        #expect(c.validIOVARanges.isEmpty)
+        #expect(c.pageSizeBitmap == ~UInt64(0xFFF))
         let goodInfo = h.core.groupInfo(id: good.iommuGroupID!)!
         #expect(goodInfo.domain === goodInfo.blockingDomain)
+        // Fixing the cause lets SET_IOMMU succeed.
+        h.vfio.setInterruptIsolation(ofGroup: badID, isolated: true)
+        try c.setIOMMU(.type1v2)
+        #expect(c.domains.count == 1)
     }
 
     @Test func checkExtensionAnswers() throws {
