@@ -29,8 +29,13 @@ let package = Package(
         .target(name: "IOVAAllocator", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
         .target(name: "IOMMUCore", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
         .target(
+            name: "VFIOType1",
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOMMUCore"],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "IOMMUKit",
-            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore"],
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "VFIOType1"],
             swiftSettings: strictSettings
         ),
 
@@ -84,6 +89,11 @@ let package = Package(
         .testTarget(
             name: "IOMMUScenarioTests",
             dependencies: ["IOMMUScenario", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "VFIOType1Tests",
+            dependencies: ["VFIOType1", "IOMMUTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -85,6 +85,34 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
     /// rejecting configuring the device without a 1:1 mapping. Contact your platform vendor."
     case deviceRequiresDirectMapping(device: DeviceID)
 
+    // MARK: - VFIO (Linux: vfio_iommu_type1.c)
+
+    /// The container's smallest IOMMU page is larger than the CPU page; map and unmap go on
+    /// with the larger alignment. Linux: `WARN_ON((pgsize - 1) & PAGE_MASK)` on every map/unmap.
+    case vfioIOMMUPageLargerThanCPUPage(pageSize: UInt64)
+    /// Pinning would take the process over `RLIMIT_MEMLOCK`; the request failed with ENOMEM.
+    /// Linux: `pr_warn("%s: RLIMIT_MEMLOCK (%ld) exceeded")`.
+    case vfioLockedMemoryLimitExceeded(limitBytes: UInt64)
+    /// A group without interrupt remapping (isolated MSI) was refused with EPERM.
+    /// Linux: "No interrupt remapping support.  Use the module param \"allow_unsafe_interrupts\" ...".
+    case vfioNoInterruptRemapping(group: Int)
+    /// `pin_pages` while some vaddr is invalidated (EBUSY).
+    /// Linux: `WARN_ONCE("vfio_pin_pages not allowed with VFIO_UPDATE_VADDR")`.
+    case vfioPinWhileVaddrInvalid(iova: IOVA)
+    /// An UNMAP could not complete because an emulated-device driver kept `pages` pinned pages
+    /// (from `iova`) after `notifications` unmap notifications; the unmap failed with EBUSY and
+    /// the mapping is intact. Linux BUGs here (`BUG_ON(++retries > 10)`).
+    case vfioUnmapBlockedByPinnedPages(device: DeviceID, iova: IOVA, pages: UInt64, notifications: Int)
+    /// The container (or its last group) went away with `pages` pages from `iova` still pinned by
+    /// an emulated-device driver; they stay pinned (leaked), never unpinned behind the driver's
+    /// back. Linux: `WARN_ON(!RB_EMPTY_ROOT(&dma->pfn_list))`.
+    case vfioPinnedPagesAtRelease(device: DeviceID, iova: IOVA, pages: UInt64)
+    /// `unpin_pages` misuse: a v1 container, a count of 0 or above 512, or pages that were not
+    /// all processed. Linux: `WARN_ON`.
+    case vfioUnpinPagesMisuse(iova: IOVA, count: Int)
+    /// An IOMMU-mapped page had no translation while unmapping. Linux: `WARN_ON(!phys)`, skips a page.
+    case vfioMissingTranslation(iova: IOVA)
+
     public var description: String {
         func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
         switch self {
@@ -144,6 +172,22 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
             return "\(device): driver unbind, but no driver is bound"
         case let .groupEmptiedWhileOwned(group):
             return "iommu group \(group): last device removed while the group is claimed for user-space DMA"
+        case let .vfioIOMMUPageLargerThanCPUPage(pageSize):
+            return "vfio: IOMMU page size \(hex(pageSize)) larger than the CPU page; using it as the map/unmap alignment"
+        case let .vfioLockedMemoryLimitExceeded(limitBytes):
+            return "vfio: RLIMIT_MEMLOCK (\(limitBytes)) exceeded"
+        case let .vfioNoInterruptRemapping(group):
+            return "vfio: iommu group \(group): No interrupt remapping support.  Use the module param \"allow_unsafe_interrupts\" to enable VFIO IOMMU support on this platform"
+        case let .vfioPinWhileVaddrInvalid(iova):
+            return "vfio: vfio_pin_pages not allowed with VFIO_UPDATE_VADDR (iova \(iova))"
+        case let .vfioUnmapBlockedByPinnedPages(device, iova, pages, notifications):
+            return "vfio: \(device) still pins \(pages) page(s) from iova \(iova) after \(notifications) DMA_UNMAP notifications; unmap refused (EBUSY), mapping left intact"
+        case let .vfioPinnedPagesAtRelease(device, iova, pages):
+            return "vfio: \(device) left \(pages) page(s) pinned from iova \(iova) at release; left pinned"
+        case let .vfioUnpinPagesMisuse(iova, count):
+            return "vfio: invalid unpin_pages of \(count) page(s) at iova \(iova)"
+        case let .vfioMissingTranslation(iova):
+            return "vfio: no translation for mapped iova \(iova) while unmapping"
         case let .deviceRequiresDirectMapping(device):
             return "\(device): Firmware has requested this device have a 1:1 IOMMU mapping, rejecting configuring the device without a 1:1 mapping. Contact your platform vendor."
         }

@@ -209,6 +209,55 @@ public final class HostMemory: Sendable {
         }
     }
 
+    /// Pins the longest run of physically contiguous 4 KiB pages starting at `address`, at most
+    /// `maxCount` pages, all in the same (non-device) region, and returns the first page's physical
+    /// address and the run length (Linux: the batch of `vfio_pin_pages_remote()`, which stops at
+    /// the first page that does not continue the run). The first page must pin, later pages that
+    /// cannot be pinned (or are not contiguous) end the run without an error.
+    ///
+    /// - Throws: as `pin` for the first page (EFAULT for unmapped, device or read-only memory).
+    public func pinContiguous(_ address: VirtAddr, maxCount: Int, write: Bool) throws(IOMMUError) -> (first: PhysAddr, count: Int) {
+        guard address.isAligned(to: Self.pageSize) else {
+            throw IOMMUError(.unaligned, address: address.rawValue, length: UInt64(maxCount) << 12)
+        }
+        guard maxCount > 0, UInt64(maxCount) <= (UInt64.max - address.rawValue) >> 12 else {
+            throw IOMMUError(.invalidArgument, address: address.rawValue, length: UInt64(maxCount))
+        }
+        if pinFailNth.shouldFail() { throw IOMMUError(.badAddress, address: address.rawValue, length: 4096) }
+        return try state.withLock { (state) throws(IOMMUError) -> (first: PhysAddr, count: Int) in
+            guard let region = state.regions.first(where: { $0.range.contains(address) }) else {
+                throw IOMMUError(.badAddress, address: address.rawValue, length: 4096)
+            }
+            if case .device = region.backing { throw IOMMUError(.badAddress, address: address.rawValue, length: 4096) }
+            let first = try translateLocked(address, forWrite: write, state: &state)
+            var count = 0
+            while count < maxCount {
+                let va = VirtAddr(address.rawValue + UInt64(count) << 12)
+                guard region.range.contains(va) else { break }
+                let physical: PhysAddr
+                do throws(IOMMUError) {
+                    physical = try translateLocked(va, forWrite: write, state: &state)
+                } catch {
+                    break
+                }
+                guard physical.rawValue == first.rawValue + UInt64(count) << 12 else { break }
+                state.pagePins[physical.rawValue, default: 0] += 1
+                let frame = frameAddress(of: physical, state: state)
+                state.frames[frame]!.pins += 1
+                count += 1
+            }
+            return (first, count)
+        }
+    }
+
+    /// Drops one pin from each of `count` consecutive 4 KiB physical pages from `first`
+    /// (the counterpart of `pinContiguous`).
+    public func unpin(first: PhysAddr, count: Int) {
+        state.withLock { state in
+            for index in 0..<count { unpinLocked(PhysAddr(first.rawValue + UInt64(index) << 12), state: &state) }
+        }
+    }
+
     /// Drops one pin from each page (Linux: `unpin_user_page`). Unpinning a page that is not
     /// pinned is a bug inside IOMMUKit and stops the process.
     public func unpin(_ pages: [PhysAddr]) {

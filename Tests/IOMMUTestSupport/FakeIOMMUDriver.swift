@@ -32,6 +32,9 @@ public final class FakeIOMMUDriver: IOMMUDriver {
         public var capabilities: Set<IOMMUCapability> = []
         /// iotlb_sync_map fails.
         public var failSyncMap = false
+        /// The aperture `finaliseDomain` sets (inclusive), default [0, 2^48 - 1].
+        public var apertureStart: UInt64 = 0
+        public var apertureEnd: UInt64 = (1 << 48) - 1
     }
 
     public enum Event: Equatable, Sendable {
@@ -102,7 +105,8 @@ public final class FakeIOMMUDriver: IOMMUDriver {
         {
             domain.setPageSizes(final)
         }
-        domain.setGeometry(DomainGeometry(apertureStart: IOVA(0), apertureEnd: IOVA((1 << 48) - 1), forceAperture: true))
+        let (apertureStart, apertureEnd) = config.withLock { ($0.apertureStart, $0.apertureEnd) }
+        domain.setGeometry(DomainGeometry(apertureStart: IOVA(apertureStart), apertureEnd: IOVA(apertureEnd), forceAperture: true))
     }
 
     public func attachDevice(_ device: IOMMUDeviceInfo, to domain: IOMMUDomain) throws(IOMMUError) {

@@ -104,6 +104,28 @@ import Testing
         #expect(try host.followPFNMap(VirtAddr(range.first.rawValue + 0x3000), write: false) == PhysAddr(0xF000_3000))
     }
 
+    @Test func pinContiguousStopsAtAPhysicalDiscontinuityAndUnpinsByRange() throws {
+        let host = try makeHost()
+        let huge = try host.map(length: 4 << 20, backing: .hugePages2M)
+        let (first, count) = try host.pinContiguous(huge.first, maxCount: 1024, write: true)
+        #expect(first.isAligned(to: .size2M))
+        #expect(count >= 512, "at least one whole 2 MiB frame")
+        #expect(host.pinCount(first) == 1)
+        #expect(host.totalPins == count)
+        host.unpin(first: first, count: count)
+        #expect(host.totalPins == 0)
+        // The first page must pin; device memory and unmapped memory are EFAULT.
+        let mmio = try host.map(length: 0x1000, backing: .device(PhysAddr(0x4000_0000)))
+        #expect(throws: IOMMUError(.badAddress, address: mmio.first.rawValue, length: 4096)) {
+            _ = try host.pinContiguous(mmio.first, maxCount: 1, write: false)
+        }
+        // A run stops at the end of its region.
+        let small = try host.map(length: 0x2000)
+        let (_, n) = try host.pinContiguous(small.first, maxCount: 8, write: false)
+        #expect(n <= 2)
+        #expect(host.totalPins == n)
+    }
+
     @Test func lockedMemoryLimitAndIPCLock() throws {
         let host = try makeHost(limit: 0x4000)
         try host.accountLocked(pages: 3)
