@@ -19,3 +19,9 @@ func readTextFile(_ path: String) throws -> String {
 }
 
 struct FixtureError: Error { var path: String }
+
+/// IOMMUKIT_STRESS=1 turns on the long runs (10^6 operations).
+let stressEnabled: Bool = {
+    guard let value = getenv("IOMMUKIT_STRESS") else { return false }
+    return String(cString: value) == "1"
+}()
