@@ -9,7 +9,7 @@ public struct IOMMUCommand: ParsableCommand {
             Exit status: 0 on success, 1 when a check or expectation failed, 2 on bad input.
             """,
         version: "0.1.0",
-        subcommands: [DemoCommand.self]
+        subcommands: [DemoCommand.self, BenchCommand.self, IOVACommand.self]
     )
 
     public init() {}

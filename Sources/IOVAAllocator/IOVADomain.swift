@@ -272,7 +272,7 @@ public final class IOVADomain: @unchecked Sendable {
         var warning: IOMMUWarning?
         let checking = self.checking
         let freed: IOVAPFNRange? = state.withLock { s in
-            let n = s.tree.containing(p)
+            let (n, succ) = s.tree.containingWithSuccessor(p)
             if n == 0 || s.tree.lo(n) == IOVADomain.anchorPFN {
                 if checking { warning = .iovaFreeNotAllocated(pfn: pfn, pages: 0, cpu: -1) }
                 return nil
@@ -290,7 +290,7 @@ public final class IOVADomain: @unchecked Sendable {
                 }
                 if w != 0 { table.remove(p) }
             }
-            s.free(n)
+            s.free(n, successor: succ)
             return range
         }
         if let warning { sink.warn(warning) }
@@ -577,13 +577,13 @@ public final class IOVADomain: @unchecked Sendable {
         let checking = self.checking
         state.withLock { s in
             for pfn in pfns {
-                let n = s.tree.containing(pfn)
+                let (n, succ) = s.tree.containingWithSuccessor(pfn)
                 if n == 0 || s.tree.lo(n) == IOVADomain.anchorPFN {
                     missing.append(pfn)
                     continue
                 }
                 if checking { table.remove(s.tree.lo(n)) }
-                s.free(n)
+                s.free(n, successor: succ)
             }
         }
         for pfn in missing { sink.warn(.iovaDrainFoundNoAllocation(pfn: PFN(pfn))) }
@@ -774,22 +774,23 @@ struct TreeState: ~Copyable {
         let start = limit <= dma32BitPFN ? cached32 : cached
         let retryPFN = tree.hi(start)
         var newPFN = walk(from: start, size: size, limit: limit, low: startPFN, alignMask: alignMask)
-        if newPFN == nil && retryPFN < limit {
+        if newPFN.pfn == nil && retryPFN < limit {
             // The retry pass starts from iova_find_limit(limit): the anchor, or the lowest node
             // at/above limit. Both behave exactly like starting from the anchor.
             newPFN = walk(from: 0, size: size, limit: limit, low: retryPFN &+ 1, alignMask: alignMask)
         }
-        guard let lo = newPFN else {
+        guard let lo = newPFN.pfn else {
             max32AllocSize = size
             return 0
         }
-        let n = tree.insert(lo: lo, hi: lo &+ size &- 1)
+        let n = tree.insert(lo: lo, hi: lo &+ size &- 1, successor: newPFN.above)
         if lo &+ size &- 1 < dma32BitPFN { cached32 = n } else { cached = n }
         return n
     }
 
-    /// One pass of Linux's walk from `start` (0 = from the top). Returns the new pfn_lo or nil.
-    private func walk(from start: Int32, size: UInt64, limit: UInt64, low: UInt64, alignMask: UInt64) -> UInt64? {
+    /// One pass of Linux's walk from `start` (0 = from the top). Returns the new pfn_lo (or nil)
+    /// and the node directly above it (Linux's `prev`, the insertion hint).
+    private func walk(from start: Int32, size: UInt64, limit: UInt64, low: UInt64, alignMask: UInt64) -> (pfn: UInt64?, above: Int32) {
         var bound: UInt64
         if start == 0 || tree.lo(start) >= limit {
             let f = tree.ceiling(limit)  // never 0: the anchor is at UInt64.max >= limit
@@ -799,10 +800,10 @@ struct TreeState: ~Copyable {
                 if candidate <= predHi && candidate >= low && high >= size {
                     bound = tree.lo(f) &- 1  // continue below f
                 } else {
-                    return high < size || candidate < low ? nil : candidate
+                    return (high < size || candidate < low ? nil : candidate, f)
                 }
             } else {
-                return high < size || candidate < low ? nil : candidate
+                return (high < size || candidate < low ? nil : candidate, f)
             }
         } else {
             bound = tree.lo(start)
@@ -811,21 +812,23 @@ struct TreeState: ~Copyable {
         if x == 0 {
             // Only nodes whose gaps cannot hold `size` lie below: Linux's walk ends with a
             // candidate under `low` or a wrapped `high - size`, i.e. a failure.
-            return nil
+            return (nil, 0)
         }
         let high = tree.lo(x)
         let candidate = (high &- size) & alignMask
-        return high < size || candidate < low ? nil : candidate
+        return (high < size || candidate < low ? nil : candidate, x)
     }
 
     /// Linux: `__cached_rbnode_delete_update` then erase.
-    mutating func free(_ n: Int32) {
-        let succ = tree.successor(n)
+    mutating func free(_ n: Int32) { free(n, successor: tree.successor(n)) }
+
+    /// `free` when the caller already found the successor.
+    mutating func free(_ n: Int32, successor succ: Int32) {
         let lo = tree.lo(n), hi = tree.hi(n)
         if n == cached32 || (hi < dma32BitPFN && lo >= tree.lo(cached32)) { cached32 = succ }
         if lo < dma32BitPFN { max32AllocSize = dma32BitPFN }
         if lo >= tree.lo(cached) { cached = succ }
-        tree.remove(n)
+        tree.remove(n, successor: succ)
     }
 
     /// Linux: `reserve_iova` under the lock. Returns the node covering the remaining range.

@@ -28,15 +28,24 @@ struct RangeTree: ~Copyable {
         var maxGap: UInt64
         var left: Int32
         var right: Int32
+        var parent: Int32
         var priority: UInt32
         var flags: UInt32
+        /// The lane-wise maximum of `own` over this subtree (kept in the node: a pull reads the
+        /// children's summaries, and they share the cache lines of the children's links).
+        var sub: SIMD16<UInt16> = .zero
     }
 
     /// Node flag: created by `reserve` rather than by an allocation.
     static var reservedFlag: UInt32 { 1 }
 
     private(set) var nodes: UnsafeMutablePointer<Node>
+    /// Per node, lane k = room for a 2^k-aligned block in its own gap: `lo - alignUp(pred.hi + 1,
+    /// 2^k)` (0 if none, saturated at `UInt16.max`, all lanes saturated for the lowest node).
+    private var own: UnsafeMutablePointer<SIMD16<UInt16>>
     private var capacity: Int
+    /// First pfn -> node, for O(1) lookups of a node by its start.
+    private var index = NodeIndex()
     private(set) var root: Int32 = 0
     private var freeList: Int32 = 0
     private var nextUnused: Int32 = 1
@@ -46,11 +55,38 @@ struct RangeTree: ~Copyable {
     init(initialCapacity: Int = 64) {
         capacity = max(initialCapacity, 2)
         nodes = .allocate(capacity: capacity)
+        own = .allocate(capacity: capacity)
         // Index 0 is the "none" sentinel: maxGap 0 so that it never passes a fit test.
-        nodes[0] = Node(lo: 0, hi: 0, gap: 0, maxGap: 0, left: 0, right: 0, priority: 0, flags: 0)
+        nodes[0] = Node(lo: 0, hi: 0, gap: 0, maxGap: 0, left: 0, right: 0, parent: 0, priority: 0, flags: 0)
+        own[0] = .zero
     }
 
-    deinit { nodes.deallocate() }
+    deinit {
+        nodes.deallocate()
+        own.deallocate()
+    }
+
+    /// Alignments up to 2^15 pfns are answered exactly from the lane summaries.
+    static var laneCount: Int { 16 }
+
+    /// The lane summary of one gap (see `own`).
+    @inline(__always)
+    static func lanes(lo: UInt64, gap: UInt64) -> SIMD16<UInt16> {
+        if gap == .max { return SIMD16(repeating: .max) }
+        let first = lo &- gap  // pred.hi + 1
+        var v = SIMD16<UInt16>.zero
+        for k in 0..<16 {
+            let mask = (UInt64(1) << UInt64(k)) &- 1
+            let (sum, overflow) = first.addingReportingOverflow(mask)
+            if overflow { break }
+            let p = sum & ~mask
+            if lo > p {
+                let room = lo &- p
+                v[k] = room >= UInt64(UInt16.max) ? .max : UInt16(truncatingIfNeeded: room)
+            }
+        }
+        return v
+    }
 
     // MARK: - Node access
 
@@ -87,6 +123,8 @@ struct RangeTree: ~Copyable {
 
     /// The node containing `pfn`, or 0 (Linux: `private_find_iova`).
     func containing(_ pfn: UInt64) -> Int32 {
+        let start = index.find(pfn)
+        if start != 0 { return start }
         let n = floor(pfn)
         return n != 0 && nodes[Int(n)].hi >= pfn ? n : 0
     }
@@ -99,8 +137,15 @@ struct RangeTree: ~Copyable {
 
     /// Linux: `rb_next`.
     func successor(_ n: Int32) -> Int32 {
-        let key = nodes[Int(n)].lo
-        return key == .max ? 0 : ceiling(key &+ 1)
+        var t = nodes[Int(n)].right
+        if t != 0 {
+            while nodes[Int(t)].left != 0 { t = nodes[Int(t)].left }
+            return t
+        }
+        var c = n
+        t = nodes[Int(n)].parent
+        while t != 0 && nodes[Int(t)].right == c { c = t; t = nodes[Int(t)].parent }
+        return t
     }
 
     /// The lowest node, or 0 (Linux: `rb_first`).
@@ -128,10 +173,29 @@ struct RangeTree: ~Copyable {
     /// when no node has `lo <= bound`. Because the lowest node always "fits" (Linux stops its
     /// walk there), the answer is non-zero whenever some node lies at or below `bound`.
     func highestFit(atOrBelow bound: UInt64, size: UInt64, alignMask: UInt64) -> Int32 {
+        let k = (~alignMask &+ 1).trailingZeroBitCount
+        if k < Self.laneCount && size < UInt64(UInt16.max) && alignMask != 0 {
+            return highestFit(root, bound: bound, size: UInt16(truncatingIfNeeded: size), lane: k)
+        }
         let align = ~alignMask &+ 1
         let (slack, overflow) = size.addingReportingOverflow(align &- 1)
         return highestFit(root, bound: bound, size: size, alignMask: alignMask,
                           slack: overflow ? .max : slack)
+    }
+
+    /// The lane-summary search: exact pruning for alignments up to 2^15.
+    private func highestFit(_ t: Int32, bound: UInt64, size: UInt16, lane: Int) -> Int32 {
+        var t = t
+        while t != 0 {
+            if nodes[Int(t)].sub[lane] < size { return 0 }
+            let node = nodes[Int(t)]
+            if node.lo > bound { t = node.left; continue }
+            let r = highestFit(node.right, bound: bound, size: size, lane: lane)
+            if r != 0 { return r }
+            if own[Int(t)][lane] >= size { return t }
+            t = node.left
+        }
+        return 0
     }
 
     private func highestFit(_ t: Int32, bound: UInt64, size: UInt64, alignMask: UInt64, slack: UInt64) -> Int32 {
@@ -153,31 +217,115 @@ struct RangeTree: ~Copyable {
 
     /// Inserts `[lo, hi]` (which must not overlap any node) and returns its index.
     mutating func insert(lo: UInt64, hi: UInt64, flags: UInt32 = 0) -> Int32 {
-        let pred = floor(lo)
-        let succ = ceiling(lo)
+        insert(lo: lo, hi: hi, successor: ceiling(lo), flags: flags)
+    }
+
+    /// Inserts `[lo, hi]` directly below `succ` (its successor, or 0 if it has none), which the
+    /// allocator already knows: the new node is attached next to `succ` and rotated up, so no
+    /// search from the root is needed.
+    mutating func insert(lo: UInt64, hi: UInt64, successor succ: Int32, flags: UInt32 = 0) -> Int32 {
+        let predHi: UInt64?
+        if succ != 0 {
+            predHi = predecessorHi(succ)
+        } else {
+            let pred = floor(lo)
+            predHi = pred == 0 ? nil : nodes[Int(pred)].hi
+        }
         let n = allocateNode()
         rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17
-        let gapBelow: UInt64 = pred == 0 ? .max : lo &- nodes[Int(pred)].hi &- 1
-        nodes[Int(n)] = Node(lo: lo, hi: hi, gap: gapBelow, maxGap: gapBelow, left: 0, right: 0,
+        let gapBelow: UInt64 = predHi.map { lo &- $0 &- 1 } ?? .max
+        nodes[Int(n)] = Node(lo: lo, hi: hi, gap: gapBelow, maxGap: gapBelow, left: 0, right: 0, parent: 0,
                              priority: UInt32(truncatingIfNeeded: rng >> 32), flags: flags)
-        root = insert(root, n)
+        own[Int(n)] = Self.lanes(lo: lo, gap: gapBelow)
+        nodes[Int(n)].sub = own[Int(n)]
+        index.insert(lo, n)
+        // Attach as a leaf: the left child of succ, or the right child of the rightmost node of
+        // succ's left subtree (the predecessor); with no succ, right of the maximum.
+        var attach: Int32
+        var asLeft: Bool
+        if succ != 0 {
+            let g = nodes[Int(succ)].lo &- hi &- 1
+            nodes[Int(succ)].gap = g
+            own[Int(succ)] = Self.lanes(lo: nodes[Int(succ)].lo, gap: g)
+            if nodes[Int(succ)].left == 0 {
+                attach = succ; asLeft = true
+            } else {
+                attach = nodes[Int(succ)].left
+                while nodes[Int(attach)].right != 0 { attach = nodes[Int(attach)].right }
+                asLeft = false
+            }
+        } else {
+            attach = root; asLeft = false
+            if attach != 0 { while nodes[Int(attach)].right != 0 { attach = nodes[Int(attach)].right } }
+        }
         count += 1
-        if succ != 0 { setGap(succ, nodes[Int(succ)].lo &- hi &- 1) }
+        if attach == 0 {
+            root = n
+            return n
+        }
+        nodes[Int(n)].parent = attach
+        if asLeft { nodes[Int(attach)].left = n } else { nodes[Int(attach)].right = n }
+        while true {
+            let p = nodes[Int(n)].parent
+            if p == 0 || nodes[Int(p)].priority >= nodes[Int(n)].priority { break }
+            rotateUp(n)
+        }
+        pullToRoot(nodes[Int(n)].parent)
+        if succ != 0 { pullToRoot(succ) }
         return n
     }
 
+    /// The node containing `pfn` (or 0) and that node's successor: a hash lookup when `pfn` is
+    /// a node's first pfn (the usual free), else one descent.
+    func containingWithSuccessor(_ pfn: UInt64) -> (node: Int32, successor: Int32) {
+        let n = index.find(pfn)
+        if n != 0 { return (n, successor(n)) }
+        var t = root, best: Int32 = 0, lastLeft: Int32 = 0
+        while t != 0 {
+            if nodes[Int(t)].lo <= pfn { best = t; t = nodes[Int(t)].right } else { lastLeft = t; t = nodes[Int(t)].left }
+        }
+        guard best != 0, nodes[Int(best)].hi >= pfn else { return (0, 0) }
+        // lastLeft is the smallest node above pfn on the path: the successor of `best`.
+        return (best, lastLeft)
+    }
+
     /// Removes node `n` (which must be in the tree).
-    mutating func remove(_ n: Int32) {
-        let pred = predecessor(n)
-        let succ = successor(n)
-        root = remove(root, key: nodes[Int(n)].lo)
+    mutating func remove(_ n: Int32) { remove(n, successor: successor(n)) }
+
+    /// Removes node `n` whose successor (or 0) the caller already knows: `n` is rotated down to
+    /// a node with at most one child and spliced out; summaries are recomputed upwards from
+    /// there and from the successor.
+    mutating func remove(_ n: Int32, successor succ: Int32) {
+        let node = nodes[Int(n)]
+        if succ != 0 {
+            // The successor's gap absorbs n and n's gap.
+            let g = node.gap == .max ? UInt64.max : nodes[Int(succ)].lo &- (node.lo &- node.gap)
+            nodes[Int(succ)].gap = g
+            own[Int(succ)] = Self.lanes(lo: nodes[Int(succ)].lo, gap: g)
+        }
+        while nodes[Int(n)].left != 0 && nodes[Int(n)].right != 0 {
+            let l = nodes[Int(n)].left, r = nodes[Int(n)].right
+            rotateUp(nodes[Int(l)].priority > nodes[Int(r)].priority ? l : r)
+        }
+        let child = nodes[Int(n)].left != 0 ? nodes[Int(n)].left : nodes[Int(n)].right
+        let parent = nodes[Int(n)].parent
+        if child != 0 { nodes[Int(child)].parent = parent }
+        if parent == 0 {
+            root = child
+        } else if nodes[Int(parent)].left == n {
+            nodes[Int(parent)].left = child
+        } else {
+            nodes[Int(parent)].right = child
+        }
         count -= 1
+        index.remove(node.lo)
         nodes[Int(n)].left = freeList
+        nodes[Int(n)].right = 0
+        nodes[Int(n)].parent = 0
         nodes[Int(n)].priority = 0
         freeList = n
-        if succ != 0 {
-            setGap(succ, pred == 0 ? .max : nodes[Int(succ)].lo &- nodes[Int(pred)].hi &- 1)
-        }
+        if succ != 0 { pullToRoot(succ) }
+        pullToRoot(parent)
     }
 
     /// Moves the start of node `n` down to `newLo` (reserve_iova's stretching); the order of nodes
@@ -186,7 +334,11 @@ struct RangeTree: ~Copyable {
         let old = nodes[Int(n)]
         let newGap = old.gap == .max ? UInt64.max : old.gap &- (old.lo &- newLo)
         nodes[Int(n)].lo = newLo
-        setGap(n, newGap)
+        index.remove(old.lo)
+        index.insert(newLo, n)
+        nodes[Int(n)].gap = newGap
+        own[Int(n)] = Self.lanes(lo: newLo, gap: newGap)
+        pullToRoot(n)
     }
 
     private mutating func allocateNode() -> Int32 {
@@ -202,6 +354,10 @@ struct RangeTree: ~Copyable {
             bigger.update(from: nodes, count: capacity)
             nodes.deallocate()
             nodes = bigger
+            let biggerOwn = UnsafeMutablePointer<SIMD16<UInt16>>.allocate(capacity: newCapacity)
+            biggerOwn.update(from: own, count: capacity)
+            own.deallocate()
+            own = biggerOwn
             capacity = newCapacity
         }
         let n = nextUnused
@@ -217,74 +373,54 @@ struct RangeTree: ~Copyable {
         if l > m { m = l }
         if r > m { m = r }
         nodes[Int(t)].maxGap = m
+        nodes[Int(t)].sub = vmax(own[Int(t)], vmax(nodes[Int(node.left)].sub, nodes[Int(node.right)].sub))
     }
 
-    private func setGap(_ n: Int32, _ gap: UInt64) {
-        nodes[Int(n)].gap = gap
-        refresh(root, key: nodes[Int(n)].lo)
+    @inline(__always)
+    private func vmax(_ a: SIMD16<UInt16>, _ b: SIMD16<UInt16>) -> SIMD16<UInt16> {
+        a.replacing(with: b, where: a .< b)
     }
 
-    /// Recomputes `maxGap` along the path from `t` to the node keyed `key`.
-    private func refresh(_ t: Int32, key: UInt64) {
-        if t == 0 { return }
-        let k = nodes[Int(t)].lo
-        if key < k { refresh(nodes[Int(t)].left, key: key) } else if key > k { refresh(nodes[Int(t)].right, key: key) }
-        pull(t)
-    }
-
-    private func insert(_ t: Int32, _ n: Int32) -> Int32 {
-        if t == 0 { return n }
-        if nodes[Int(n)].lo < nodes[Int(t)].lo {
-            let l = insert(nodes[Int(t)].left, n)
-            nodes[Int(t)].left = l
-            if nodes[Int(l)].priority > nodes[Int(t)].priority {
-                // rotate right
-                nodes[Int(t)].left = nodes[Int(l)].right
-                nodes[Int(l)].right = t
-                pull(t); pull(l)
-                return l
-            }
-        } else {
-            let r = insert(nodes[Int(t)].right, n)
-            nodes[Int(t)].right = r
-            if nodes[Int(r)].priority > nodes[Int(t)].priority {
-                // rotate left
-                nodes[Int(t)].right = nodes[Int(r)].left
-                nodes[Int(r)].left = t
-                pull(t); pull(r)
-                return r
-            }
+    /// Recomputes the summaries of `t` and its ancestors, stopping at the first node whose
+    /// summaries do not change (then nothing above it can change either: every ancestor's summary
+    /// is a maximum over its children's, and only this path's child changed).
+    private func pullToRoot(_ t: Int32) {
+        var t = t
+        while t != 0 {
+            let before = nodes[Int(t)]
+            pull(t)
+            let after = nodes[Int(t)]
+            if after.maxGap == before.maxGap && after.sub == before.sub { return }
+            t = after.parent
         }
-        pull(t)
-        return t
     }
 
-    private func remove(_ t: Int32, key: UInt64) -> Int32 {
-        if t == 0 { return 0 }
-        let k = nodes[Int(t)].lo
-        if key < k {
-            nodes[Int(t)].left = remove(nodes[Int(t)].left, key: key)
-        } else if key > k {
-            nodes[Int(t)].right = remove(nodes[Int(t)].right, key: key)
+    /// Rotates `x` above its parent, keeping parent links and summaries of the two nodes.
+    private mutating func rotateUp(_ x: Int32) {
+        let p = nodes[Int(x)].parent
+        let g = nodes[Int(p)].parent
+        if nodes[Int(p)].left == x {
+            let b = nodes[Int(x)].right
+            nodes[Int(p)].left = b
+            if b != 0 { nodes[Int(b)].parent = p }
+            nodes[Int(x)].right = p
         } else {
-            return merge(nodes[Int(t)].left, nodes[Int(t)].right)
+            let b = nodes[Int(x)].left
+            nodes[Int(p)].right = b
+            if b != 0 { nodes[Int(b)].parent = p }
+            nodes[Int(x)].left = p
         }
-        pull(t)
-        return t
-    }
-
-    private func merge(_ a: Int32, _ b: Int32) -> Int32 {
-        if a == 0 { return b }
-        if b == 0 { return a }
-        if nodes[Int(a)].priority > nodes[Int(b)].priority {
-            nodes[Int(a)].right = merge(nodes[Int(a)].right, b)
-            pull(a)
-            return a
+        nodes[Int(p)].parent = x
+        nodes[Int(x)].parent = g
+        if g == 0 {
+            root = x
+        } else if nodes[Int(g)].left == p {
+            nodes[Int(g)].left = x
         } else {
-            nodes[Int(b)].left = merge(a, nodes[Int(b)].left)
-            pull(b)
-            return b
+            nodes[Int(g)].right = x
         }
+        pull(p)
+        pull(x)
     }
 
     // MARK: - Iteration and checks
@@ -308,6 +444,8 @@ struct RangeTree: ~Copyable {
         func visit(_ t: Int32) -> UInt64 {
             if t == 0 { return 0 }
             let node = nodes[Int(t)]
+            if node.left != 0 && nodes[Int(node.left)].parent != t { problem = problem ?? "parent link" }
+            if node.right != 0 && nodes[Int(node.right)].parent != t { problem = problem ?? "parent link" }
             if node.left != 0 && nodes[Int(node.left)].priority > node.priority { problem = problem ?? "heap order" }
             if node.right != 0 && nodes[Int(node.right)].priority > node.priority { problem = problem ?? "heap order" }
             let lm = visit(node.left)
@@ -321,9 +459,15 @@ struct RangeTree: ~Copyable {
             let rm = visit(node.right)
             let m = max(node.gap, lm, rm)
             if m != node.maxGap { problem = problem ?? "bad maxGap at \(node.lo)" }
+            if own[Int(t)] != Self.lanes(lo: node.lo, gap: node.gap) { problem = problem ?? "bad lanes at \(node.lo)" }
+            if node.sub != vmax(own[Int(t)], vmax(nodes[Int(node.left)].sub, nodes[Int(node.right)].sub)) {
+                problem = problem ?? "bad lane summary at \(node.lo)"
+            }
             return m
         }
         _ = visit(root)
+        if index.count != count { problem = problem ?? "index has \(index.count) entries, tree \(count)" }
+        forEach { lo, _, _ in if problem == nil, index.find(lo) == 0 { problem = "node \(lo) not indexed" } }
         if seen != count { problem = problem ?? "count \(count) != \(seen)" }
         return problem
     }
