@@ -244,9 +244,6 @@ struct RangeTree: ~Copyable {
         var attach: Int32
         var asLeft: Bool
         if succ != 0 {
-            let g = nodes[Int(succ)].lo &- hi &- 1
-            nodes[Int(succ)].gap = g
-            own[Int(succ)] = Self.lanes(lo: nodes[Int(succ)].lo, gap: g)
             if nodes[Int(succ)].left == 0 {
                 attach = succ; asLeft = true
             } else {
@@ -270,8 +267,16 @@ struct RangeTree: ~Copyable {
             if p == 0 || nodes[Int(p)].priority >= nodes[Int(n)].priority { break }
             rotateUp(n)
         }
+        // Summaries are brought up to date one change at a time, so that the early stop in
+        // `pullToRoot` is sound: first the new leaf (rotations only reshuffle consistent
+        // summaries), then the successor's shrunken gap.
         pullToRoot(nodes[Int(n)].parent)
-        if succ != 0 { pullToRoot(succ) }
+        if succ != 0 {
+            let g = nodes[Int(succ)].lo &- hi &- 1
+            nodes[Int(succ)].gap = g
+            own[Int(succ)] = Self.lanes(lo: nodes[Int(succ)].lo, gap: g)
+            pullToRoot(succ)
+        }
         return n
     }
 
@@ -297,12 +302,6 @@ struct RangeTree: ~Copyable {
     /// there and from the successor.
     mutating func remove(_ n: Int32, successor succ: Int32) {
         let node = nodes[Int(n)]
-        if succ != 0 {
-            // The successor's gap absorbs n and n's gap.
-            let g = node.gap == .max ? UInt64.max : nodes[Int(succ)].lo &- (node.lo &- node.gap)
-            nodes[Int(succ)].gap = g
-            own[Int(succ)] = Self.lanes(lo: nodes[Int(succ)].lo, gap: g)
-        }
         while nodes[Int(n)].left != 0 && nodes[Int(n)].right != 0 {
             let l = nodes[Int(n)].left, r = nodes[Int(n)].right
             rotateUp(nodes[Int(l)].priority > nodes[Int(r)].priority ? l : r)
@@ -324,8 +323,15 @@ struct RangeTree: ~Copyable {
         nodes[Int(n)].parent = 0
         nodes[Int(n)].priority = 0
         freeList = n
-        if succ != 0 { pullToRoot(succ) }
+        // One change at a time (see `insert`): the removal, then the successor's grown gap,
+        // which absorbs n and n's gap.
         pullToRoot(parent)
+        if succ != 0 {
+            let g = node.gap == .max ? UInt64.max : nodes[Int(succ)].lo &- (node.lo &- node.gap)
+            nodes[Int(succ)].gap = g
+            own[Int(succ)] = Self.lanes(lo: nodes[Int(succ)].lo, gap: g)
+            pullToRoot(succ)
+        }
     }
 
     /// Moves the start of node `n` down to `newLo` (reserve_iova's stretching); the order of nodes

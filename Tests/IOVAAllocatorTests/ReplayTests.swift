@@ -27,7 +27,7 @@ struct ReplayTests {
             if !step.matches, mismatches.count < 5 { mismatches.append("line \(step.line): \(step.operation) got \(step.actualPFN)") }
         }
         #expect(mismatches == [])
-        #expect(sink.warnings == [])
+        #expect(sink.totalCount == 0, "first warnings: \(sink.warnings.prefix(3))")
         #expect(domain.checkInvariants() == nil)
     }
 }
