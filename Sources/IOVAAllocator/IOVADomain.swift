@@ -94,13 +94,18 @@ public final class IOVADomain: @unchecked Sendable {
     @usableFromInline let checking: Bool
     let sink: any WarningSink
     let magazineFailure: FailNth?
-    let state: Mutex<TreeState>
+    /// The tree lock and what it guards. Kept out of line (as are the clock and the per-CPU
+    /// blocks): an `Atomic` or `Mutex` stored inline in this class next to the others was laid
+    /// out past the end of the object by the 6.3 compiler (valgrind: invalid write in init).
+    let statePointer: UnsafeMutablePointer<Mutex<TreeState>>
+    @inline(__always) var state: UnsafeMutablePointer<Mutex<TreeState>> { statePointer }
     let table: AllocationTable
     /// Per-CPU blocks of `cpuStride` bytes: a spin-lock word, then 6 `loaded` + 6 `prev` magazines.
     let cpuBlocks: UnsafeMutableRawPointer
     let depots: UnsafeMutablePointer<Mutex<Depot>>
     /// Simulated time for the depot work, nanoseconds.
-    let clock = Atomic<Int64>(0)
+    let clockPointer: UnsafeMutablePointer<Atomic<Int64>>
+    @inline(__always) var clock: UnsafeMutablePointer<Atomic<Int64>> { clockPointer }
 
     static var cpuStride: Int { 256 }
     static var magazinesOffset: Int { 64 }
@@ -139,7 +144,10 @@ public final class IOVADomain: @unchecked Sendable {
         self.checking = policy == .checking
         self.sink = warningSink
         self.magazineFailure = magazineAllocationFailure
-        self.state = Mutex(TreeState(startPFN: startPFN, dma32BitPFN: UInt64(1) << UInt64(32 - granule.shift)))
+        statePointer = .allocate(capacity: 1)
+        statePointer.initialize(to: Mutex(TreeState(startPFN: startPFN, dma32BitPFN: UInt64(1) << UInt64(32 - granule.shift))))
+        clockPointer = .allocate(capacity: 1)
+        clockPointer.initialize(to: Atomic(0))
         self.table = AllocationTable()
         cpuBlocks = .allocate(byteCount: Self.cpuStride * cpuCount, alignment: 128)
         for cpu in 0..<cpuCount {
@@ -163,6 +171,10 @@ public final class IOVADomain: @unchecked Sendable {
         cpuBlocks.deallocate()
         depots.deinitialize(count: Self.rangeCacheSizeClasses)
         depots.deallocate()
+        statePointer.deinitialize(count: 1)
+        statePointer.deallocate()
+        clockPointer.deinitialize(count: 1)
+        clockPointer.deallocate()
     }
 
     // MARK: - Per-CPU access
@@ -228,7 +240,7 @@ public final class IOVADomain: @unchecked Sendable {
             throw IOMMUError(.invalidArgument, address: limitPFN, length: size)
         }
         let checking = self.checking
-        let node = state.withLock { s in
+        let node = state.pointee.withLock { s in
             let n = s.allocate(size: size, limit: limitPFN &+ 1, sizeAligned: sizeAligned)
             if n != 0 && checking && size <= AllocationTable.maxTrackedSize { track(s.tree.lo(n), size: size) }
             return n == 0 ? nil : IOVAPFNRange(first: PFN(s.tree.lo(n)), last: PFN(s.tree.hi(n)))
@@ -251,7 +263,7 @@ public final class IOVADomain: @unchecked Sendable {
     ///
     /// Linux: `find_iova()`.
     public func find(_ pfn: PFN) -> IOVAPFNRange? {
-        state.withLock { s in
+        state.pointee.withLock { s in
             let n = s.tree.containing(pfn.rawValue)
             return n == 0 ? nil : IOVAPFNRange(first: PFN(s.tree.lo(n)), last: PFN(s.tree.hi(n)))
         }
@@ -271,7 +283,7 @@ public final class IOVADomain: @unchecked Sendable {
         let p = pfn.rawValue
         var warning: IOMMUWarning?
         let checking = self.checking
-        let freed: IOVAPFNRange? = state.withLock { s in
+        let freed: IOVAPFNRange? = state.pointee.withLock { s in
             let (n, succ) = s.tree.containingWithSuccessor(p)
             if n == 0 || s.tree.lo(n) == IOVADomain.anchorPFN {
                 if checking { warning = .iovaFreeNotAllocated(pfn: pfn, pages: 0, cpu: -1) }
@@ -310,7 +322,7 @@ public final class IOVADomain: @unchecked Sendable {
             sink.warn(.iovaReserveOutOfRange(low: lo, high: hi))
             return nil
         }
-        return state.withLock { s in
+        return state.pointee.withLock { s in
             let n = s.reserve(lo: lo.rawValue, hi: hi.rawValue)
             return IOVAPFNRange(first: PFN(s.tree.lo(n)), last: PFN(s.tree.hi(n)))
         }
@@ -355,7 +367,7 @@ public final class IOVADomain: @unchecked Sendable {
         let checking = self.checking
         var flush = flushCaches
         while true {
-            let pfn: UInt64 = state.withLock { s in
+            let pfn: UInt64 = state.pointee.withLock { s in
                 let n = s.allocate(size: size, limit: limitPFN &+ 1, sizeAligned: true)
                 if n == 0 { return 0 }
                 let lo = s.tree.lo(n)
@@ -456,7 +468,7 @@ public final class IOVADomain: @unchecked Sendable {
         if let failure = magazineFailure, failure.shouldFail() { return false }
         var full: Magazine? = Magazine()
         swap(&loaded.pointee, &full!)
-        let now = clock.load(ordering: .relaxed)
+        let now = clock.pointee.load(ordering: .relaxed)
         depots[order].withLock { $0.push(full.take()!, now: now) }
         return true
     }
@@ -469,7 +481,7 @@ public final class IOVADomain: @unchecked Sendable {
             return
         }
         var warning: IOMMUWarning?
-        state.withLock { s in
+        state.pointee.withLock { s in
             let n = s.tree.containing(pfn)
             if n == 0 || s.tree.lo(n) == IOVADomain.anchorPFN || s.tree.flags(n) & RangeTree.reservedFlag != 0 {
                 warning = .iovaFreeNotAllocated(pfn: PFN(pfn), pages: size, cpu: cpu)
@@ -501,7 +513,7 @@ public final class IOVADomain: @unchecked Sendable {
     func diagnoseBadFastFree(pfn: UInt64, size: UInt64, order: Int, cpu: Int) {
         var warning: IOMMUWarning?
         var retry = false
-        state.withLock { s in
+        state.pointee.withLock { s in
             let w = table.lookup(pfn)
             if w != 0 {
                 if w & AllocationTable.cachedBit != 0 {
@@ -575,7 +587,7 @@ public final class IOVADomain: @unchecked Sendable {
         if pfns.isEmpty { return }
         var missing: [UInt64] = []
         let checking = self.checking
-        state.withLock { s in
+        state.pointee.withLock { s in
             for pfn in pfns {
                 let (n, succ) = s.tree.containingWithSuccessor(pfn)
                 if n == 0 || s.tree.lo(n) == IOVADomain.anchorPFN {
@@ -597,7 +609,7 @@ public final class IOVADomain: @unchecked Sendable {
     /// unless the caller calls this.
     public func tick(nanoseconds: Int64) {
         precondition(nanoseconds >= 0, "time runs forward")
-        let now = clock.add(nanoseconds, ordering: .relaxed).newValue
+        let now = clock.pointee.add(nanoseconds, ordering: .relaxed).newValue
         for order in 0..<Self.rangeCacheSizeClasses {
             while true {
                 var drained: [UInt64] = []
@@ -618,7 +630,7 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     /// The domain's clock (nanoseconds of `tick` so far).
-    public var now: Int64 { clock.load(ordering: .relaxed) }
+    public var now: Int64 { clock.pointee.load(ordering: .relaxed) }
 
     // MARK: - Inspection (tests, tools)
 
@@ -653,7 +665,7 @@ public final class IOVADomain: @unchecked Sendable {
 
     /// Takes every lock in turn and copies the state.
     public func snapshot() -> Snapshot {
-        var snap = state.withLock { s in
+        var snap = state.pointee.withLock { s in
             var nodes: [IOVAPFNRange] = [], reserved: [IOVAPFNRange] = []
             s.tree.forEach { lo, hi, flags in
                 if lo == IOVADomain.anchorPFN { return }
@@ -690,7 +702,7 @@ public final class IOVADomain: @unchecked Sendable {
     /// other; returns a description of the first problem, or nil. Takes every lock.
     public func checkInvariants() -> String? {
         let snap = snapshot()
-        return state.withLock { s -> String? in
+        return state.pointee.withLock { s -> String? in
             if let p = s.tree.checkInvariants() { return p }
             if s.cached == 0 { return "cached node is none" }
             if s.cached32 == 0 { return "cached32 node is none" }

@@ -69,11 +69,27 @@ struct RangeTree: ~Copyable {
     /// Alignments up to 2^15 pfns are answered exactly from the lane summaries.
     static var laneCount: Int { 16 }
 
-    /// The lane summary of one gap (see `own`).
+    /// `2^k - 1` for lane k.
+    private static let laneMasks: SIMD16<UInt16> = {
+        var v = SIMD16<UInt16>()
+        for k in 0..<16 { v[k] = UInt16(truncatingIfNeeded: (1 << k) - 1) }
+        return v
+    }()
+
+    /// The lane summary of one gap (see `own`). With `first = pred.hi + 1`, the room above the
+    /// first 2^k-aligned pfn is `gap - pad_k` where `pad_k = (-first) mod 2^k`, or 0 when the
+    /// padding eats the whole gap: 16-bit vector arithmetic for gaps below 2^16.
     @inline(__always)
     static func lanes(lo: UInt64, gap: UInt64) -> SIMD16<UInt16> {
-        if gap == .max { return SIMD16(repeating: .max) }
-        let first = lo &- gap  // pred.hi + 1
+        if gap >= 0xFFFF + 0x8000 { return SIMD16(repeating: .max) }  // incl. the lowest node
+        let first = lo &- gap
+        if gap > 0xFFFF { return lanesSlow(lo: lo, first: first) }
+        let pad = SIMD16<UInt16>(repeating: UInt16(truncatingIfNeeded: 0 &- first)) & laneMasks
+        let g = SIMD16<UInt16>(repeating: UInt16(truncatingIfNeeded: gap))
+        return (g &- pad).replacing(with: 0, where: pad .> g)
+    }
+
+    private static func lanesSlow(lo: UInt64, first: UInt64) -> SIMD16<UInt16> {
         var v = SIMD16<UInt16>.zero
         for k in 0..<16 {
             let mask = (UInt64(1) << UInt64(k)) &- 1
@@ -466,6 +482,9 @@ struct RangeTree: ~Copyable {
             let m = max(node.gap, lm, rm)
             if m != node.maxGap { problem = problem ?? "bad maxGap at \(node.lo)" }
             if own[Int(t)] != Self.lanes(lo: node.lo, gap: node.gap) { problem = problem ?? "bad lanes at \(node.lo)" }
+            if node.gap != .max && own[Int(t)] != Self.lanesSlow(lo: node.lo, first: node.lo &- node.gap) {
+                problem = problem ?? "vector lanes differ from scalar lanes at \(node.lo)"
+            }
             if node.sub != vmax(own[Int(t)], vmax(nodes[Int(node.left)].sub, nodes[Int(node.right)].sub)) {
                 problem = problem ?? "bad lane summary at \(node.lo)"
             }
