@@ -23,10 +23,16 @@ import Synchronization
 /// * rebuilding (growth, or too many tombstones) runs under the tree lock *and* every per-CPU
 ///   lock, so no reader is probing while the slot array is replaced; entries never move otherwise.
 final class AllocationTable: @unchecked Sendable {
+    /// Read by every probe; replaced only by `rebuild` (under all locks).
     struct Header {
         var slots: UnsafeMutablePointer<Atomic<UInt64>>
         var shift: Int  // 64 - log2(capacity)
         var mask: Int
+    }
+
+    /// Written by inserts and deletes under the tree lock; kept apart from `Header` so that a
+    /// counter update is not a (formal) write to what lock-free readers read.
+    struct Counts {
         var live: Int
         var used: Int  // live + tombstones
     }
@@ -38,18 +44,21 @@ final class AllocationTable: @unchecked Sendable {
     static var maxTrackedSize: UInt64 { 32 }
 
     let header: UnsafeMutablePointer<Header>
+    let counts: UnsafeMutablePointer<Counts>
 
     init(capacity: Int = 1024) {
         let bits = max(4, Int.bitWidth - (capacity - 1).leadingZeroBitCount)
         header = .allocate(capacity: 1)
-        header.initialize(to: Header(slots: Self.makeSlots(1 << bits), shift: 64 - bits,
-                                     mask: (1 << bits) - 1, live: 0, used: 0))
+        header.initialize(to: Header(slots: Self.makeSlots(1 << bits), shift: 64 - bits, mask: (1 << bits) - 1))
+        counts = .allocate(capacity: 1)
+        counts.initialize(to: Counts(live: 0, used: 0))
     }
 
     deinit {
         header.pointee.slots.deinitialize(count: header.pointee.mask + 1)
         header.pointee.slots.deallocate()
         header.deallocate()
+        counts.deallocate()
     }
 
     private static func makeSlots(_ n: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
@@ -116,7 +125,7 @@ final class AllocationTable: @unchecked Sendable {
     }
 
     /// Whether a later `insert` needs `rebuild` first.
-    var needsRebuild: Bool { (header.pointee.used + 1) * 4 > (header.pointee.mask + 1) * 3 }
+    var needsRebuild: Bool { (counts.pointee.used + 1) * 4 > (header.pointee.mask + 1) * 3 }
 
     /// Adds a live allocation. Under the tree lock; the caller rebuilt first if `needsRebuild`.
     func insert(_ pfn: UInt64, size: UInt64) {
@@ -127,8 +136,8 @@ final class AllocationTable: @unchecked Sendable {
             let w = slots[i].load(ordering: .relaxed)
             if w == 0 || w == Self.tombstone {
                 slots[i].store(pfn << 8 | size, ordering: .relaxed)
-                header.pointee.live += 1
-                if w == 0 { header.pointee.used += 1 }
+                counts.pointee.live += 1
+                if w == 0 { counts.pointee.used += 1 }
                 return
             }
             i = (i &+ 1) & mask
@@ -146,7 +155,7 @@ final class AllocationTable: @unchecked Sendable {
             if w >> 8 == pfn && w != Self.tombstone {
                 let (done, _) = slots[i].compareExchange(expected: w, desired: Self.tombstone, ordering: .relaxed)
                 if done {
-                    header.pointee.live -= 1
+                    counts.pointee.live -= 1
                     return true
                 }
                 continue
@@ -161,9 +170,10 @@ final class AllocationTable: @unchecked Sendable {
         let old = header.pointee
         let oldCount = old.mask + 1
         var capacity = 1024
-        while capacity < old.live * 4 + 4 { capacity *= 2 }
+        while capacity < counts.pointee.live * 4 + 4 { capacity *= 2 }
         let bits = capacity.trailingZeroBitCount
-        header.pointee = Header(slots: Self.makeSlots(capacity), shift: 64 - bits, mask: capacity - 1, live: 0, used: 0)
+        header.pointee = Header(slots: Self.makeSlots(capacity), shift: 64 - bits, mask: capacity - 1)
+        counts.pointee = Counts(live: 0, used: 0)
         for i in 0..<oldCount {
             let w = old.slots[i].load(ordering: .relaxed)
             if w != 0 && w != Self.tombstone {
@@ -171,15 +181,15 @@ final class AllocationTable: @unchecked Sendable {
                 var j = home(w >> 8)
                 while slots[j].load(ordering: .relaxed) != 0 { j = (j + 1) & (capacity - 1) }
                 slots[j].store(w, ordering: .relaxed)
-                header.pointee.live += 1
-                header.pointee.used += 1
+                counts.pointee.live += 1
+                counts.pointee.used += 1
             }
         }
         old.slots.deinitialize(count: oldCount)
         old.slots.deallocate()
     }
 
-    var liveCount: Int { header.pointee.live }
+    var liveCount: Int { counts.pointee.live }
 }
 
 @inline(__always)

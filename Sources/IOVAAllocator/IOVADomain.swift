@@ -50,7 +50,8 @@ public struct IOVAPFNRange: Hashable, Sendable, CustomStringConvertible {
 /// CPU identity is an explicit `cpu` argument (0..<cpuCount); the overloads without it use
 /// a per-thread default (`currentCPU`). Each CPU's magazines are guarded by a per-CPU spin lock that is
 /// uncontended when callers use distinct CPUs (as Linux's per-CPU lock is); the tree and each
-/// depot have their own `Mutex`. All methods are safe to call from many threads.
+/// depot have their own locks (see `SpinLock.swift`). All methods are safe to call from many
+/// threads.
 ///
 /// ## Policies
 /// - ``Policy/checking`` (default): every free is validated at once. Freeing a pfn that is not
@@ -94,15 +95,19 @@ public final class IOVADomain: @unchecked Sendable {
     @usableFromInline let checking: Bool
     let sink: any WarningSink
     let magazineFailure: FailNth?
-    /// The tree lock and what it guards. Kept out of line (as are the clock and the per-CPU
-    /// blocks): an `Atomic` or `Mutex` stored inline in this class next to the others was laid
-    /// out past the end of the object by the 6.3 compiler (valgrind: invalid write in init).
-    let statePointer: UnsafeMutablePointer<Mutex<TreeState>>
-    @inline(__always) var state: UnsafeMutablePointer<Mutex<TreeState>> { statePointer }
+    /// The tree lock word and what it guards. Locks and atomics are kept out of line: an
+    /// `Atomic` stored inline in this class was laid out past the end of the object by the 6.3
+    /// compiler (valgrind: invalid write in init). The locks are small atomic locks of this module
+    /// rather than `Synchronization.Mutex`, whose Linux fast path ThreadSanitizer cannot see
+    /// (hundreds of false "data race" reports); see `SpinLock.swift`.
+    let treeLock: UnsafeMutablePointer<Atomic<UInt32>>
+    let treeState: UnsafeMutablePointer<TreeState>
     let table: AllocationTable
     /// Per-CPU blocks of `cpuStride` bytes: a spin-lock word, then 6 `loaded` + 6 `prev` magazines.
     let cpuBlocks: UnsafeMutableRawPointer
-    let depots: UnsafeMutablePointer<Mutex<Depot>>
+    /// One lock word per size class, each on its own cache line, and the depots they guard.
+    let depotLocks: UnsafeMutableRawPointer
+    let depots: UnsafeMutablePointer<Depot>
     /// Simulated time for the depot work, nanoseconds.
     let clockPointer: UnsafeMutablePointer<Atomic<Int64>>
     @inline(__always) var clock: UnsafeMutablePointer<Atomic<Int64>> { clockPointer }
@@ -144,8 +149,10 @@ public final class IOVADomain: @unchecked Sendable {
         self.checking = policy == .checking
         self.sink = warningSink
         self.magazineFailure = magazineAllocationFailure
-        statePointer = .allocate(capacity: 1)
-        statePointer.initialize(to: Mutex(TreeState(startPFN: startPFN, dma32BitPFN: UInt64(1) << UInt64(32 - granule.shift))))
+        treeLock = .allocate(capacity: 1)
+        treeLock.initialize(to: Atomic(0))
+        treeState = .allocate(capacity: 1)
+        treeState.initialize(to: TreeState(startPFN: startPFN, dma32BitPFN: UInt64(1) << UInt64(32 - granule.shift)))
         clockPointer = .allocate(capacity: 1)
         clockPointer.initialize(to: Atomic(0))
         self.table = AllocationTable()
@@ -157,7 +164,11 @@ public final class IOVADomain: @unchecked Sendable {
             for i in 0..<12 { (mags + i).initialize(to: Magazine()) }
         }
         depots = .allocate(capacity: Self.rangeCacheSizeClasses)
-        for i in 0..<Self.rangeCacheSizeClasses { (depots + i).initialize(to: Mutex(Depot())) }
+        depotLocks = .allocate(byteCount: 64 * Self.rangeCacheSizeClasses, alignment: 64)
+        for i in 0..<Self.rangeCacheSizeClasses {
+            (depots + i).initialize(to: Depot())
+            (depotLocks + 64 * i).bindMemory(to: Atomic<UInt32>.self, capacity: 1).initialize(to: Atomic(0))
+        }
     }
 
     /// Linux: `put_iova_domain`: the cached pfns are dropped (not returned to the tree) and every
@@ -171,8 +182,14 @@ public final class IOVADomain: @unchecked Sendable {
         cpuBlocks.deallocate()
         depots.deinitialize(count: Self.rangeCacheSizeClasses)
         depots.deallocate()
-        statePointer.deinitialize(count: 1)
-        statePointer.deallocate()
+        for i in 0..<Self.rangeCacheSizeClasses {
+            (depotLocks + 64 * i).assumingMemoryBound(to: Atomic<UInt32>.self).deinitialize(count: 1)
+        }
+        depotLocks.deallocate()
+        treeState.deinitialize(count: 1)
+        treeState.deallocate()
+        treeLock.deinitialize(count: 1)
+        treeLock.deallocate()
         clockPointer.deinitialize(count: 1)
         clockPointer.deallocate()
     }
@@ -190,26 +207,27 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     @inline(__always)
-    func lockCPU(_ cpu: Int) {
-        let lock = cpuLock(cpu)
-        if lock.pointee.exchange(1, ordering: .acquiring) == 0 { return }
-        lockCPUSlow(lock)
-    }
-
-    @inline(never)
-    func lockCPUSlow(_ lock: UnsafeMutablePointer<Atomic<UInt32>>) {
-        var spins = 0
-        while true {
-            while lock.pointee.load(ordering: .relaxed) != 0 {
-                spins += 1
-                if spins >= 64 { sched_yield(); spins = 0 }
-            }
-            if lock.pointee.exchange(1, ordering: .acquiring) == 0 { return }
-        }
-    }
+    func lockCPU(_ cpu: Int) { spinLock(cpuLock(cpu)) }
 
     @inline(__always)
-    func unlockCPU(_ cpu: Int) { cpuLock(cpu).pointee.store(0, ordering: .releasing) }
+    func unlockCPU(_ cpu: Int) { spinUnlock(cpuLock(cpu)) }
+
+    /// Runs `body` on the tree state under the tree lock (Linux: `iova_rbtree_lock`).
+    @inline(__always)
+    func withTree<R, E: Error>(_ body: (inout TreeState) throws(E) -> R) throws(E) -> R {
+        spinLock(treeLock)
+        defer { spinUnlock(treeLock) }
+        return try body(&treeState.pointee)
+    }
+
+    /// Runs `body` on one size class's depot under its lock (Linux: `rcache->lock`).
+    @inline(__always)
+    func withDepot<R: ~Copyable>(_ order: Int, _ body: (inout Depot) -> R) -> R {
+        let lock = (depotLocks + 64 &* order).assumingMemoryBound(to: Atomic<UInt32>.self)
+        spinLock(lock)
+        defer { spinUnlock(lock) }
+        return body(&depots[order])
+    }
 
     /// The CPU index the calling thread defaults to: a hash of the thread's identity modulo
     /// `cpuCount` (stable for the thread's lifetime; two threads may share an index, which is
@@ -240,7 +258,7 @@ public final class IOVADomain: @unchecked Sendable {
             throw IOMMUError(.invalidArgument, address: limitPFN, length: size)
         }
         let checking = self.checking
-        let node = state.pointee.withLock { s in
+        let node = withTree { s in
             let n = s.allocate(size: size, limit: limitPFN &+ 1, sizeAligned: sizeAligned)
             if n != 0 && checking && size <= AllocationTable.maxTrackedSize { track(s.tree.lo(n), size: size) }
             return n == 0 ? nil : IOVAPFNRange(first: PFN(s.tree.lo(n)), last: PFN(s.tree.hi(n)))
@@ -263,7 +281,7 @@ public final class IOVADomain: @unchecked Sendable {
     ///
     /// Linux: `find_iova()`.
     public func find(_ pfn: PFN) -> IOVAPFNRange? {
-        state.pointee.withLock { s in
+        withTree { s in
             let n = s.tree.containing(pfn.rawValue)
             return n == 0 ? nil : IOVAPFNRange(first: PFN(s.tree.lo(n)), last: PFN(s.tree.hi(n)))
         }
@@ -283,7 +301,7 @@ public final class IOVADomain: @unchecked Sendable {
         let p = pfn.rawValue
         var warning: IOMMUWarning?
         let checking = self.checking
-        let freed: IOVAPFNRange? = state.pointee.withLock { s in
+        let freed: IOVAPFNRange? = withTree { s in
             let (n, succ) = s.tree.containingWithSuccessor(p)
             if n == 0 || s.tree.lo(n) == IOVADomain.anchorPFN {
                 if checking { warning = .iovaFreeNotAllocated(pfn: pfn, pages: 0, cpu: -1) }
@@ -322,7 +340,7 @@ public final class IOVADomain: @unchecked Sendable {
             sink.warn(.iovaReserveOutOfRange(low: lo, high: hi))
             return nil
         }
-        return state.pointee.withLock { s in
+        return withTree { s in
             let n = s.reserve(lo: lo.rawValue, hi: hi.rawValue)
             return IOVAPFNRange(first: PFN(s.tree.lo(n)), last: PFN(s.tree.hi(n)))
         }
@@ -367,7 +385,7 @@ public final class IOVADomain: @unchecked Sendable {
         let checking = self.checking
         var flush = flushCaches
         while true {
-            let pfn: UInt64 = state.pointee.withLock { s in
+            let pfn: UInt64 = withTree { s in
                 let n = s.allocate(size: size, limit: limitPFN &+ 1, sizeAligned: true)
                 if n == 0 { return 0 }
                 let lo = s.tree.lo(n)
@@ -424,7 +442,7 @@ public final class IOVADomain: @unchecked Sendable {
     /// Replaces the (empty) loaded magazine with a full one from the depot, if any.
     @inline(never)
     func loadFromDepot(_ loaded: UnsafeMutablePointer<Magazine>, order: Int) -> Bool {
-        var full = depots[order].withLock { $0.pop() }
+        var full = withDepot(order) { $0.pop() }
         guard !full.isEmpty else { return false }
         swap(&loaded.pointee, &full)  // the old, empty loaded magazine is freed with `full`
         return true
@@ -469,7 +487,7 @@ public final class IOVADomain: @unchecked Sendable {
         var full: Magazine? = Magazine()
         swap(&loaded.pointee, &full!)
         let now = clock.pointee.load(ordering: .relaxed)
-        depots[order].withLock { $0.push(full.take()!, now: now) }
+        withDepot(order) { $0.push(full.take()!, now: now) }
         return true
     }
 
@@ -481,7 +499,7 @@ public final class IOVADomain: @unchecked Sendable {
             return
         }
         var warning: IOMMUWarning?
-        state.pointee.withLock { s in
+        withTree { s in
             let n = s.tree.containing(pfn)
             if n == 0 || s.tree.lo(n) == IOVADomain.anchorPFN || s.tree.flags(n) & RangeTree.reservedFlag != 0 {
                 warning = .iovaFreeNotAllocated(pfn: PFN(pfn), pages: size, cpu: cpu)
@@ -513,7 +531,7 @@ public final class IOVADomain: @unchecked Sendable {
     func diagnoseBadFastFree(pfn: UInt64, size: UInt64, order: Int, cpu: Int) {
         var warning: IOMMUWarning?
         var retry = false
-        state.pointee.withLock { s in
+        withTree { s in
             let w = table.lookup(pfn)
             if w != 0 {
                 if w & AllocationTable.cachedBit != 0 {
@@ -565,7 +583,7 @@ public final class IOVADomain: @unchecked Sendable {
     public func flushDepots() {
         for order in 0..<Self.rangeCacheSizeClasses {
             var drained: [UInt64] = []
-            depots[order].withLock { depot in
+            withDepot(order) { depot in
                 while depot.count > 0 {
                     let mag = depot.pop()
                     for i in 0..<mag.count { drained.append(mag[i]) }
@@ -587,7 +605,7 @@ public final class IOVADomain: @unchecked Sendable {
         if pfns.isEmpty { return }
         var missing: [UInt64] = []
         let checking = self.checking
-        state.pointee.withLock { s in
+        withTree { s in
             for pfn in pfns {
                 let (n, succ) = s.tree.containingWithSuccessor(pfn)
                 if n == 0 || s.tree.lo(n) == IOVADomain.anchorPFN {
@@ -613,7 +631,7 @@ public final class IOVADomain: @unchecked Sendable {
         for order in 0..<Self.rangeCacheSizeClasses {
             while true {
                 var drained: [UInt64] = []
-                let ran: Bool = depots[order].withLock { depot in
+                let ran: Bool = withDepot(order) { depot in
                     guard let due = depot.deadline, due <= now else { return false }
                     depot.deadline = nil
                     if depot.count > cpuCount {
@@ -665,7 +683,7 @@ public final class IOVADomain: @unchecked Sendable {
 
     /// Takes every lock in turn and copies the state.
     public func snapshot() -> Snapshot {
-        var snap = state.pointee.withLock { s in
+        var snap = withTree { s in
             var nodes: [IOVAPFNRange] = [], reserved: [IOVAPFNRange] = []
             s.tree.forEach { lo, hi, flags in
                 if lo == IOVADomain.anchorPFN { return }
@@ -690,7 +708,7 @@ public final class IOVADomain: @unchecked Sendable {
             snap.cpuMagazines.append(perOrder)
         }
         for order in 0..<Self.rangeCacheSizeClasses {
-            depots[order].withLock { depot in
+            withDepot(order) { depot in
                 snap.depot.append(depot.contents())
                 snap.depotDeadlines.append(depot.deadline)
             }
@@ -702,7 +720,7 @@ public final class IOVADomain: @unchecked Sendable {
     /// other; returns a description of the first problem, or nil. Takes every lock.
     public func checkInvariants() -> String? {
         let snap = snapshot()
-        return state.pointee.withLock { s -> String? in
+        return withTree { s -> String? in
             if let p = s.tree.checkInvariants() { return p }
             if s.cached == 0 { return "cached node is none" }
             if s.cached32 == 0 { return "cached32 node is none" }
