@@ -25,6 +25,10 @@ public struct IOVASequence: Sendable, Equatable {
     public struct ParseError: Error, Sendable, Equatable {
         public var line: Int
         public var message: String
+        public init(line: Int, message: String) {
+            self.line = line
+            self.message = message
+        }
     }
 
     /// Parses the text of a sequence file.
