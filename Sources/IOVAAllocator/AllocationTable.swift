@@ -18,8 +18,9 @@ import Synchronization
 ///
 /// Locking protocol (no lock of its own):
 /// * inserts and deletes run under the domain's tree lock;
-/// * flipping the cached bit (`markCached`, `markLive`) runs under the caller's per-CPU lock and
-///   uses compare-and-swap, so two CPUs freeing the same pfn at once cannot both succeed;
+/// * flipping the cached bit (`markCached`, `markLive`) runs under the caller's per-CPU lock;
+///   `markCached` uses compare-and-swap, so two CPUs freeing the same pfn at once cannot both
+///   succeed (see `markLive` for why clearing the bit needs no compare-and-swap);
 /// * rebuilding (growth, or too many tombstones) runs under the tree lock *and* every per-CPU
 ///   lock, so no reader is probing while the slot array is replaced; entries never move otherwise.
 final class AllocationTable: @unchecked Sendable {
@@ -96,6 +97,11 @@ final class AllocationTable: @unchecked Sendable {
     }
 
     /// Marks the cached allocation at `pfn` live again (a magazine handed it out).
+    ///
+    /// A plain atomic store, not a compare-and-swap: while `pfn` is cached nobody else writes its
+    /// slot (a concurrent free of it sees the cached bit and only warns; it is in no other
+    /// magazine, so no drain removes it; the tree API refuses to free a cached pfn; rebuilds are
+    /// excluded by the caller's per-CPU lock), so no update can be lost.
     @inline(__always)
     func markLive(_ pfn: UInt64) {
         let slots = header.pointee.slots, mask = header.pointee.mask
@@ -104,9 +110,8 @@ final class AllocationTable: @unchecked Sendable {
             let w = slots[i].load(ordering: .relaxed)
             if w == 0 { return }  // not tracked (e.g. a reserve stretched it): nothing to do
             if w >> 8 == pfn && w != Self.tombstone {
-                let (done, _) = slots[i].compareExchange(expected: w, desired: w & ~Self.cachedBit, ordering: .relaxed)
-                if done { return }
-                continue
+                slots[i].store(w & ~Self.cachedBit, ordering: .relaxed)
+                return
             }
             i = (i &+ 1) & mask
         }

@@ -388,14 +388,23 @@ struct RangeTree: ~Copyable {
     }
 
     @inline(__always)
-    private func pull(_ t: Int32) {
-        let node = nodes[Int(t)]
-        var m = node.gap
-        let l = nodes[Int(node.left)].maxGap, r = nodes[Int(node.right)].maxGap
-        if l > m { m = l }
-        if r > m { m = r }
-        nodes[Int(t)].maxGap = m
-        nodes[Int(t)].sub = vmax(own[Int(t)], vmax(nodes[Int(node.left)].sub, nodes[Int(node.right)].sub))
+    private func pull(_ t: Int32) { _ = pullChanged(t) }
+
+    /// Recomputes `t`'s subtree summaries from its own gap and its children's summaries; returns
+    /// whether they changed.
+    @inline(__always)
+    private func pullChanged(_ t: Int32) -> Bool {
+        let p = nodes + Int(t)
+        let l = nodes + Int(p.pointee.left), r = nodes + Int(p.pointee.right)
+        var m = p.pointee.gap
+        let lm = l.pointee.maxGap, rm = r.pointee.maxGap
+        if lm > m { m = lm }
+        if rm > m { m = rm }
+        let sub = vmax(own[Int(t)], vmax(l.pointee.sub, r.pointee.sub))
+        if m == p.pointee.maxGap && sub == p.pointee.sub { return false }
+        p.pointee.maxGap = m
+        p.pointee.sub = sub
+        return true
     }
 
     @inline(__always)
@@ -409,11 +418,8 @@ struct RangeTree: ~Copyable {
     private func pullToRoot(_ t: Int32) {
         var t = t
         while t != 0 {
-            let before = nodes[Int(t)]
-            pull(t)
-            let after = nodes[Int(t)]
-            if after.maxGap == before.maxGap && after.sub == before.sub { return }
-            t = after.parent
+            if !pullChanged(t) { return }
+            t = nodes[Int(t)].parent
         }
     }
 
