@@ -33,7 +33,7 @@ struct RangeTree: ~Copyable {
         var flags: UInt32
         /// The lane-wise maximum of `own` over this subtree (kept in the node: a pull reads the
         /// children's summaries, and they share the cache lines of the children's links).
-        var sub: SIMD16<UInt16> = .zero
+        var sub: SIMD8<UInt16> = .zero
     }
 
     /// Node flag: created by `reserve` rather than by an allocation.
@@ -42,7 +42,7 @@ struct RangeTree: ~Copyable {
     private(set) var nodes: UnsafeMutablePointer<Node>
     /// Per node, lane k = room for a 2^k-aligned block in its own gap: `lo - alignUp(pred.hi + 1,
     /// 2^k)` (0 if none, saturated at `UInt16.max`, all lanes saturated for the lowest node).
-    private var own: UnsafeMutablePointer<SIMD16<UInt16>>
+    private var own: UnsafeMutablePointer<SIMD8<UInt16>>
     private var capacity: Int
     /// First pfn -> node, for O(1) lookups of a node by its start.
     private var index = NodeIndex()
@@ -66,13 +66,14 @@ struct RangeTree: ~Copyable {
         own.deallocate()
     }
 
-    /// Alignments up to 2^15 pfns are answered exactly from the lane summaries.
-    static var laneCount: Int { 16 }
+    /// Alignments up to 2^7 pfns (512 KiB with 4 KiB pages) are answered exactly from the lane
+    /// summaries (one 128-bit vector per node); larger ones use `maxGap` and the exact test.
+    static var laneCount: Int { 8 }
 
     /// `2^k - 1` for lane k.
-    private static let laneMasks: SIMD16<UInt16> = {
-        var v = SIMD16<UInt16>()
-        for k in 0..<16 { v[k] = UInt16(truncatingIfNeeded: (1 << k) - 1) }
+    private static let laneMasks: SIMD8<UInt16> = {
+        var v = SIMD8<UInt16>()
+        for k in 0..<8 { v[k] = UInt16(truncatingIfNeeded: (1 << k) - 1) }
         return v
     }()
 
@@ -80,18 +81,18 @@ struct RangeTree: ~Copyable {
     /// first 2^k-aligned pfn is `gap - pad_k` where `pad_k = (-first) mod 2^k`, or 0 when the
     /// padding eats the whole gap: 16-bit vector arithmetic for gaps below 2^16.
     @inline(__always)
-    static func lanes(lo: UInt64, gap: UInt64) -> SIMD16<UInt16> {
-        if gap >= 0xFFFF + 0x8000 { return SIMD16(repeating: .max) }  // incl. the lowest node
+    static func lanes(lo: UInt64, gap: UInt64) -> SIMD8<UInt16> {
+        if gap >= 0xFFFF + 0x80 { return SIMD8(repeating: .max) }  // incl. the lowest node
         let first = lo &- gap
         if gap > 0xFFFF { return lanesSlow(lo: lo, first: first) }
-        let pad = SIMD16<UInt16>(repeating: UInt16(truncatingIfNeeded: 0 &- first)) & laneMasks
-        let g = SIMD16<UInt16>(repeating: UInt16(truncatingIfNeeded: gap))
+        let pad = SIMD8<UInt16>(repeating: UInt16(truncatingIfNeeded: 0 &- first)) & laneMasks
+        let g = SIMD8<UInt16>(repeating: UInt16(truncatingIfNeeded: gap))
         return (g &- pad).replacing(with: 0, where: pad .> g)
     }
 
-    private static func lanesSlow(lo: UInt64, first: UInt64) -> SIMD16<UInt16> {
-        var v = SIMD16<UInt16>.zero
-        for k in 0..<16 {
+    private static func lanesSlow(lo: UInt64, first: UInt64) -> SIMD8<UInt16> {
+        var v = SIMD8<UInt16>.zero
+        for k in 0..<8 {
             let mask = (UInt64(1) << UInt64(k)) &- 1
             let (sum, overflow) = first.addingReportingOverflow(mask)
             if overflow { break }
@@ -199,7 +200,7 @@ struct RangeTree: ~Copyable {
                           slack: overflow ? .max : slack)
     }
 
-    /// The lane-summary search: exact pruning for alignments up to 2^15.
+    /// The lane-summary search: exact pruning for alignments up to 2^7.
     private func highestFit(_ t: Int32, bound: UInt64, size: UInt16, lane: Int) -> Int32 {
         var t = t
         while t != 0 {
@@ -376,7 +377,7 @@ struct RangeTree: ~Copyable {
             bigger.update(from: nodes, count: capacity)
             nodes.deallocate()
             nodes = bigger
-            let biggerOwn = UnsafeMutablePointer<SIMD16<UInt16>>.allocate(capacity: newCapacity)
+            let biggerOwn = UnsafeMutablePointer<SIMD8<UInt16>>.allocate(capacity: newCapacity)
             biggerOwn.update(from: own, count: capacity)
             own.deallocate()
             own = biggerOwn
@@ -408,7 +409,7 @@ struct RangeTree: ~Copyable {
     }
 
     @inline(__always)
-    private func vmax(_ a: SIMD16<UInt16>, _ b: SIMD16<UInt16>) -> SIMD16<UInt16> {
+    private func vmax(_ a: SIMD8<UInt16>, _ b: SIMD8<UInt16>) -> SIMD8<UInt16> {
         a.replacing(with: b, where: a .< b)
     }
 
