@@ -51,7 +51,11 @@ struct PropertyTests {
         for op in 0..<ops {
             let r = rng.next() % 100
             if r < 52 || live.isEmpty {
-                let size: UInt64 = rng.next() % 10 == 0 ? 17 + rng.next() % 100 : 1 + rng.next() % 16
+                let size: UInt64 = switch rng.next() % 40 {
+                case 0: 100 + rng.next() % 400  // alignments of 2^8+ take the maxGap fallback
+                case 1...4: 17 + rng.next() % 100
+                default: 1 + rng.next() % 16
+                }
                 let limit: UInt64
                 switch rng.next() % 4 {
                 case 0: limit = Self.dma32 - 1 - rng.next() % 1500
