@@ -48,7 +48,7 @@ let benchmarks: @Sendable () -> Void = {
 
         // W3 rand: 100,000 live size-aligned tree allocations, free a random one + allocate.
         Benchmark("W3 rand tree churn, 100k live (\(policy.rawValue))",
-                  configuration: .init(scalingFactor: .one)) { benchmark in
+                  configuration: .init(metrics: [.wallClock, .mallocCountTotal], scalingFactor: .kilo, maxDuration: .seconds(4))) { benchmark in
             let domain = try IOVADomain(startPFN: 1, cpuCount: 2, policy: policy)
             var rng = SplitMix64(seed: 1)
             let live = 100_000
