@@ -10,22 +10,22 @@ import IOMMUBase
 ///
 /// * `gap`: the number of free pfns directly below it, `lo - predecessor.hi - 1`, or `UInt64.max`
 ///   for the lowest node (below it there is no predecessor: Linux's walk always stops there);
-/// * `maxGap`: the largest `gap` in its subtree.
+/// * lane summaries: for each alignment 2^k (k < 8), the room above the first aligned pfn of its
+///   gap, and the lane-wise maximum over its subtree (lane 0 is the gap, saturated at 65535).
 ///
 /// `highestFit(atOrBelow:size:alignMask:)` descends right to left and skips every subtree whose
-/// `maxGap` is smaller than the request, so it visits O(log n) nodes plus the few nodes whose gap is
+/// summary for the request's alignment is smaller than the request, so it visits O(log n) nodes plus the few nodes whose gap is
 /// long enough but whose aligned top position does not fit (see docs/iova-allocator.md for the
 /// argument that this returns exactly the node at which Linux's linear walk stops).
 ///
 /// Not thread-safe: the domain guards it with its tree lock.
 struct RangeTree: ~Copyable {
-    /// One node. 48 bytes; the buffer is an array of these.
+    /// One node: 64 bytes, one cache line (the buffer is 64-byte aligned).
     @usableFromInline
     struct Node {
         var lo: UInt64
         var hi: UInt64
         var gap: UInt64
-        var maxGap: UInt64
         var left: Int32
         var right: Int32
         var parent: Int32
@@ -54,10 +54,10 @@ struct RangeTree: ~Copyable {
 
     init(initialCapacity: Int = 64) {
         capacity = max(initialCapacity, 2)
-        nodes = .allocate(capacity: capacity)
+        nodes = Self.allocateNodes(capacity)
         own = .allocate(capacity: capacity)
-        // Index 0 is the "none" sentinel: maxGap 0 so that it never passes a fit test.
-        nodes[0] = Node(lo: 0, hi: 0, gap: 0, maxGap: 0, left: 0, right: 0, parent: 0, priority: 0, flags: 0)
+        // Index 0 is the "none" sentinel: summaries 0 so that it never passes a fit test.
+        nodes[0] = Node(lo: 0, hi: 0, gap: 0, left: 0, right: 0, parent: 0, priority: 0, flags: 0)
         own[0] = .zero
     }
 
@@ -66,8 +66,15 @@ struct RangeTree: ~Copyable {
         own.deallocate()
     }
 
+    /// A node buffer aligned to a cache line, so each node occupies exactly one line.
+    private static func allocateNodes(_ count: Int) -> UnsafeMutablePointer<Node> {
+        precondition(MemoryLayout<Node>.stride == 64, "RangeTree.Node should be one cache line")
+        return UnsafeMutableRawPointer.allocate(byteCount: 64 * count, alignment: 64)
+            .bindMemory(to: Node.self, capacity: count)
+    }
+
     /// Alignments up to 2^7 pfns (512 KiB with 4 KiB pages) are answered exactly from the lane
-    /// summaries (one 128-bit vector per node); larger ones use `maxGap` and the exact test.
+    /// summaries (one 128-bit vector per node); larger ones prune by lane 0 (the gap) and use the exact test.
     static var laneCount: Int { 8 }
 
     /// `2^k - 1` for lane k.
@@ -219,7 +226,7 @@ struct RangeTree: ~Copyable {
         var t = t
         while t != 0 {
             let node = nodes[Int(t)]
-            if node.maxGap < size { return 0 }
+            if UInt64(node.sub[0]) < min(size, UInt64(UInt16.max)) { return 0 }
             if node.lo > bound { t = node.left; continue }
             let r = highestFit(node.right, bound: bound, size: size, alignMask: alignMask, slack: slack)
             if r != 0 { return r }
@@ -251,7 +258,7 @@ struct RangeTree: ~Copyable {
         let n = allocateNode()
         rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17
         let gapBelow: UInt64 = predHi.map { lo &- $0 &- 1 } ?? .max
-        nodes[Int(n)] = Node(lo: lo, hi: hi, gap: gapBelow, maxGap: gapBelow, left: 0, right: 0, parent: 0,
+        nodes[Int(n)] = Node(lo: lo, hi: hi, gap: gapBelow, left: 0, right: 0, parent: 0,
                              priority: UInt32(truncatingIfNeeded: rng >> 32), flags: flags)
         own[Int(n)] = Self.lanes(lo: lo, gap: gapBelow)
         nodes[Int(n)].sub = own[Int(n)]
@@ -373,7 +380,7 @@ struct RangeTree: ~Copyable {
         if Int(nextUnused) == capacity {
             let newCapacity = capacity * 2
             precondition(newCapacity < Int(Int32.max), "IOVA tree too large")
-            let bigger = UnsafeMutablePointer<Node>.allocate(capacity: newCapacity)
+            let bigger = Self.allocateNodes(newCapacity)
             bigger.update(from: nodes, count: capacity)
             nodes.deallocate()
             nodes = bigger
@@ -397,13 +404,8 @@ struct RangeTree: ~Copyable {
     private func pullChanged(_ t: Int32) -> Bool {
         let p = nodes + Int(t)
         let l = nodes + Int(p.pointee.left), r = nodes + Int(p.pointee.right)
-        var m = p.pointee.gap
-        let lm = l.pointee.maxGap, rm = r.pointee.maxGap
-        if lm > m { m = lm }
-        if rm > m { m = rm }
         let sub = vmax(own[Int(t)], vmax(l.pointee.sub, r.pointee.sub))
-        if m == p.pointee.maxGap && sub == p.pointee.sub { return false }
-        p.pointee.maxGap = m
+        if sub == p.pointee.sub { return false }
         p.pointee.sub = sub
         return true
     }
@@ -465,7 +467,7 @@ struct RangeTree: ~Copyable {
         visit(root)
     }
 
-    /// Verifies ordering, non-overlap, gaps, maxGap and heap order; returns a problem or nil.
+    /// Verifies ordering, non-overlap, gaps, summaries and heap order; returns a problem or nil.
     func checkInvariants() -> String? {
         var problem: String?
         var prevHi: UInt64? = nil
@@ -487,7 +489,7 @@ struct RangeTree: ~Copyable {
             prevHi = node.hi
             let rm = visit(node.right)
             let m = max(node.gap, lm, rm)
-            if m != node.maxGap { problem = problem ?? "bad maxGap at \(node.lo)" }
+            if min(m, UInt64(UInt16.max)) != UInt64(node.sub[0]) { problem = problem ?? "bad gap summary at \(node.lo)" }
             if own[Int(t)] != Self.lanes(lo: node.lo, gap: node.gap) { problem = problem ?? "bad lanes at \(node.lo)" }
             if node.gap != .max && own[Int(t)] != Self.lanesSlow(lo: node.lo, first: node.lo &- node.gap) {
                 problem = problem ?? "vector lanes differ from scalar lanes at \(node.lo)"
