@@ -858,7 +858,12 @@ struct TreeState: ~Copyable {
         if n == cached32 || (hi < dma32BitPFN && lo >= tree.lo(cached32)) { cached32 = succ }
         if lo < dma32BitPFN { max32AllocSize = dma32BitPFN }
         if lo >= tree.lo(cached) { cached = succ }
-        tree.remove(n, successor: succ)
+        let moved = tree.remove(n, successor: succ)
+        if moved.from != 0 {
+            // The successor's range now lives in slot `moved.to`.
+            if cached == moved.from { cached = moved.to }
+            if cached32 == moved.from { cached32 = moved.to }
+        }
     }
 
     /// Linux: `reserve_iova` under the lock. Returns the node covering the remaining range.

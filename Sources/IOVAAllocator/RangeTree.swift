@@ -321,41 +321,64 @@ struct RangeTree: ~Copyable {
     /// Removes node `n` (which must be in the tree).
     mutating func remove(_ n: Int32) { remove(n, successor: successor(n)) }
 
-    /// Removes node `n` whose successor (or 0) the caller already knows: `n` is rotated down to
-    /// a node with at most one child and spliced out; summaries are recomputed upwards from
-    /// there and from the successor.
-    mutating func remove(_ n: Int32, successor succ: Int32) {
+    /// Removes node `n` whose successor (or 0) the caller already knows, without rotations.
+    ///
+    /// With at most one child, `n` is spliced out. With two children, its successor is the
+    /// leftmost node of its right subtree (no left child): the successor's range moves into slot
+    /// `n` (which keeps its place and priority, so order and heap order hold) and the successor's
+    /// old slot is spliced out instead. Then the successor's gap absorbs `n` and `n`'s gap.
+    /// Summaries are recomputed one change at a time (see `insert`).
+    ///
+    /// - Returns: `(from, to)` when the successor's range moved from slot `from` to slot `to`
+    ///   (callers holding node indices must follow it), else `(0, 0)`.
+    @discardableResult
+    mutating func remove(_ n: Int32, successor succ: Int32) -> (from: Int32, to: Int32) {
         let node = nodes[Int(n)]
-        while nodes[Int(n)].left != 0 && nodes[Int(n)].right != 0 {
-            let l = nodes[Int(n)].left, r = nodes[Int(n)].right
-            rotateUp(nodes[Int(l)].priority > nodes[Int(r)].priority ? l : r)
+        let newSuccGap: UInt64 = succ == 0 || node.gap == .max
+            ? .max : nodes[Int(succ)].lo &- (node.lo &- node.gap)
+        index.remove(node.lo)
+        var victim = n
+        var succSlot = succ
+        var moved: (from: Int32, to: Int32) = (0, 0)
+        if node.left != 0 && node.right != 0 {
+            precondition(succ != 0 && nodes[Int(succ)].left == 0, "successor of a node with two children")
+            let s = nodes[Int(succ)]
+            index.remove(s.lo)
+            nodes[Int(n)].lo = s.lo
+            nodes[Int(n)].hi = s.hi
+            nodes[Int(n)].flags = s.flags
+            nodes[Int(n)].gap = newSuccGap
+            own[Int(n)] = Self.lanes(lo: s.lo, gap: newSuccGap)
+            index.insert(s.lo, n)
+            victim = succ
+            succSlot = n
+            moved = (succ, n)
         }
-        let child = nodes[Int(n)].left != 0 ? nodes[Int(n)].left : nodes[Int(n)].right
-        let parent = nodes[Int(n)].parent
+        let child = nodes[Int(victim)].left != 0 ? nodes[Int(victim)].left : nodes[Int(victim)].right
+        let parent = nodes[Int(victim)].parent
         if child != 0 { nodes[Int(child)].parent = parent }
         if parent == 0 {
             root = child
-        } else if nodes[Int(parent)].left == n {
+        } else if nodes[Int(parent)].left == victim {
             nodes[Int(parent)].left = child
         } else {
             nodes[Int(parent)].right = child
         }
         count -= 1
-        index.remove(node.lo)
-        nodes[Int(n)].left = freeList
-        nodes[Int(n)].right = 0
-        nodes[Int(n)].parent = 0
-        nodes[Int(n)].priority = 0
-        freeList = n
-        // One change at a time (see `insert`): the removal, then the successor's grown gap,
-        // which absorbs n and n's gap.
+        nodes[Int(victim)].left = freeList
+        nodes[Int(victim)].right = 0
+        nodes[Int(victim)].parent = 0
+        nodes[Int(victim)].priority = 0
+        freeList = victim
         pullToRoot(parent)
-        if succ != 0 {
-            let g = node.gap == .max ? UInt64.max : nodes[Int(succ)].lo &- (node.lo &- node.gap)
-            nodes[Int(succ)].gap = g
-            own[Int(succ)] = Self.lanes(lo: nodes[Int(succ)].lo, gap: g)
-            pullToRoot(succ)
+        if succSlot != 0 {
+            if moved.to == 0 {
+                nodes[Int(succSlot)].gap = newSuccGap
+                own[Int(succSlot)] = Self.lanes(lo: nodes[Int(succSlot)].lo, gap: newSuccGap)
+            }
+            pullToRoot(succSlot)
         }
+        return moved
     }
 
     /// Moves the start of node `n` down to `newLo` (reserve_iova's stretching); the order of nodes
