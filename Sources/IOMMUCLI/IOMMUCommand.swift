@@ -9,7 +9,9 @@ public struct IOMMUCommand: ParsableCommand {
             Exit status: 0 on success, 1 when a check or expectation failed, 2 on bad input.
             """,
         version: "0.1.0",
-        subcommands: [DemoCommand.self, PageTableCommand.self, ReplayCommand.self]
+        subcommands: [
+            DemoCommand.self, PageTableCommand.self, IOVACommand.self, ReplayCommand.self, BenchCommand.self,
+        ]
     )
 
     public init() {}

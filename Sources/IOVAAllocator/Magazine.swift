@@ -1,0 +1,54 @@
+/// A fixed array of up to 127 cached pfns of one size class.
+///
+/// Linux: `struct iova_magazine` (`IOVA_MAG_SIZE` = 127, so the kernel struct is exactly 1 KiB).
+/// Noncopyable: a magazine moves between a CPU's `loaded`/`prev` slots and the depot; it is never
+/// duplicated, so a pfn can never be cached twice by copying a magazine.
+struct Magazine: ~Copyable, @unchecked Sendable {
+    /// Linux: `IOVA_MAG_SIZE`.
+    static var capacity: Int { 127 }
+
+    private let pfns: UnsafeMutablePointer<UInt64>
+    private(set) var count: Int
+
+    init() {
+        pfns = .allocate(capacity: Self.capacity)
+        count = 0
+    }
+
+    deinit { pfns.deallocate() }
+
+    @inline(__always) var isEmpty: Bool { count == 0 }
+    @inline(__always) var isFull: Bool { count == Self.capacity }
+
+    /// Linux: `iova_magazine_push`. Pushing into a full magazine is a programmer error.
+    @inline(__always)
+    mutating func push(_ pfn: UInt64) {
+        precondition(count < Self.capacity, "Magazine.push on a full magazine")
+        pfns[count] = pfn
+        count &+= 1  // < capacity by the precondition
+    }
+
+    /// Linux: `iova_magazine_pop`: scans from the newest entry down for the first pfn
+    /// `<= highestPFN`; removes it by moving the newest entry into its slot. Returns 0 when none
+    /// is suitable (or the magazine is empty), leaving the magazine unchanged.
+    @inline(__always)
+    mutating func pop(atOrBelow highestPFN: UInt64) -> UInt64 {
+        var i = count &- 1
+        while i >= 0 {
+            let pfn = pfns[i]
+            if pfn <= highestPFN {
+                count &-= 1
+                pfns[i] = pfns[count]
+                return pfn
+            }
+            i &-= 1
+        }
+        return 0
+    }
+
+    /// The entry at `index` (oldest first).
+    @inline(__always) subscript(index: Int) -> UInt64 { pfns[index] }
+
+    /// Forgets every entry (after they were returned to the tree).
+    mutating func removeAll() { count = 0 }
+}

@@ -1,1 +1,0 @@
-// The IOVA allocator; see IOVADomain.swift.
