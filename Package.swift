@@ -20,6 +20,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // MARK: - Library layers, bottom to top
@@ -40,7 +41,14 @@ let package = Package(
         ),
 
         // MARK: - Scenarios and traces (the first module allowed to import Foundation)
-        .target(name: "IOMMUScenario", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
+        .target(
+            name: "IOMMUScenario",
+            dependencies: [
+                "IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "VFIOType1",
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: strictSettings
+        ),
 
         // MARK: - Command-line tool
         .target(

@@ -1,0 +1,619 @@
+import IOMMUBase
+import IOMMUCore
+import IOPageTable
+import IOVAAllocator
+import PhysicalMemory
+import VFIOType1
+
+/// An emulated vendor driver's own record of the pages it pinned (per IOVA page).
+final class PinTracker: Sendable {
+    let pins = IOMMUMutex<[UInt64: Int]>([:])
+    let notifications = IOMMUMutex<Int>(0)
+    var pinnedPages: Int { pins.withLock { $0.values.reduce(0, +) } }
+}
+
+/// Builds the platform of a `Scenario` and executes its workload, step by step.
+///
+/// Deterministic: the only randomness is `seed`-driven (buffer placement), and every model
+/// answer is a function of the steps. `run(upTo:)` stops after a step, for `iommu inspect --at`.
+public final class ScenarioRunner {
+    public let scenario: Scenario
+    public let seed: UInt64
+    public let memory: PhysicalMemory
+    public let frames: FrameAllocator
+    public let warnings = RecordingWarningSink()
+    public let trace = RecordingTraceSink()
+    public let core: IOMMUCore
+    public let vfio: VFIO
+    public let process: HostMemory
+    public private(set) var container: VFIOContainer?
+    var drivers: [String: ModelIOMMUDriver] = [:]
+    var deviceIDs: [String: DeviceID] = [:]
+    var namedValues: [String: UInt64] = [:]
+    var namedDomains: [String: IOMMUDomain] = [:]
+    var iovaDomains: [UInt64: IOVADomain] = [:]
+    var vfioGroups: [String: VFIOGroup] = [:]
+    var vfioDrivers: [String: (VFIOEmulatedDevice, PinTracker)] = [:]
+    var faults: [String] = []
+    var random: SplitMix64
+    public private(set) var clockNanoseconds: UInt64 = 0
+    public private(set) var report: ScenarioReport
+    public private(set) var stepsRun = 0
+
+    public init(scenario: Scenario, seed: UInt64 = 1) throws(IOMMUError) {
+        self.scenario = scenario
+        self.seed = seed
+        self.random = SplitMix64(seed: seed)
+        let p = scenario.platform
+        memory = try PhysicalMemory(ramSize: p.ramBytes)
+        frames = FrameAllocator(memory: memory)
+        core = IOMMUCore(configuration: IOMMUCoreConfiguration(cpuPageSize: p.cpuPageSize, defaultDomainType: p.defaultDomain.domainType),
+                         warnings: warnings, trace: trace)
+        var configuration = VFIOType1Configuration()
+        configuration.allowUnsafeInterrupts = p.allowUnsafeInterrupts
+        vfio = VFIO(core: core, configuration: configuration, warnings: warnings)
+        process = HostMemory(memory: memory, frames: frames, lockedMemoryLimit: p.lockedMemoryLimit)
+        report = ScenarioReport(name: scenario.name, description: scenario.description, seed: seed)
+        for spec in p.iommus {
+            drivers[spec.name] = ModelIOMMUDriver(spec: spec, frames: frames, cpuPageSize: p.cpuPageSize, warnings: warnings)
+        }
+        boot()
+    }
+
+    // MARK: - Boot
+
+    func boot() {
+        let p = scenario.platform
+        report.boot.append("CPU pages \(p.cpuPageSize), default domain \(p.defaultDomain.rawValue) (\(p.defaultDomain.domainType)), RAM \(formatByteSize(p.ramBytes)) at \(memory.ram.first)")
+        for spec in p.iommus where spec.registerAtBoot {
+            report.boot.append(registerIOMMU(spec.name))
+        }
+        for spec in p.iommus where !spec.registerAtBoot {
+            report.boot.append("\(spec.name) (\(spec.kind)) not registered yet: its devices will defer")
+        }
+        var added = 0
+        for device in p.devices where device.presentAtBoot {
+            if case .failure(let e) = addDevice(device.name) { report.boot.append("add \(device.name): \(e.code.name)") }
+            added += 1
+        }
+        for device in p.devices where device.presentAtBoot {
+            if let driver = device.driver, let id = deviceIDs[device.name] {
+                do throws(IOMMUError) {
+                    try core.bindDriver(id, name: driver)
+                } catch {
+                    report.boot.append("bind \(device.name) to \(driver): \(error.code.name)")
+                }
+            }
+        }
+        report.boot.append("\(added) device(s) added; \(core.groupIDs.count) group(s)")
+        for w in warnings.drain() { report.boot.append("warning: \(w)") }
+        let events = trace.drain()
+        let adds = events.filter { $0.name == "add_device_to_group" }.count
+        if adds > 0 { report.boot.append("trace: \(adds) add_device_to_group, \(events.filter { $0.name == "attach_device_to_domain" }.count) attach_device_to_domain events") }
+    }
+
+    func registerIOMMU(_ name: String) -> String {
+        guard let driver = drivers[name] else { return "no IOMMU \(name)" }
+        let spec = driver.spec
+        do throws(IOMMUError) {
+            _ = try core.registerIOMMU(name: name, driver: driver)
+            return "registered \(name): \(spec.kind == .smmu ? "Arm SMMU" : "Apple DART"), pages \(spec.pageSizes), \(spec.streamMatchRegisters) SMRs, \(spec.contextBanks) context banks, unmatched streams \(spec.unmatchedStream == .fault ? "fault" : "bypass")"
+        } catch {
+            return "register \(name): \(error.code.name)"
+        }
+    }
+
+    func addDevice(_ name: String) -> Result<DeviceID, IOMMUError> {
+        guard let spec = scenario.platform.devices.first(where: { $0.name == name }) else { return .failure(IOMMUError(.noSuchDevice)) }
+        let firmware = spec.iommu.map { FirmwareIOMMUSpec(iommu: $0, streamIDs: spec.streamIDs.map { StreamID($0) }) }
+        let pci = spec.pciAddress.map {
+            PCIDeviceFirmware(address: $0, dmaAliases: spec.dmaAliases, acsIsolated: spec.acsIsolated, untrusted: spec.untrusted)
+        }
+        let description = DeviceDescription(name: name, bus: spec.bus, iommu: firmware, pci: pci, firmwareReservedRegions: spec.reservedRegions)
+        do throws(IOMMUError) {
+            let id = try core.addDevice(description)
+            deviceIDs[name] = id
+            return .success(id)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    // MARK: - Running
+
+    /// Runs every remaining step (or up to and including step `upTo`, 1-based).
+    public func run(upTo limit: Int? = nil) {
+        let last = min(limit ?? scenario.steps.count, scenario.steps.count)
+        while stepsRun < last {
+            let step = scenario.steps[stepsRun]
+            stepsRun += 1
+            report.steps.append(execute(step, index: stepsRun))
+        }
+        report.finalState = summary()
+    }
+
+    struct Outcome {
+        var error: IOMMUError?
+        var bytes: UInt64?
+        var data: [UInt8]?
+        var iova: UInt64?
+        var text: String?
+    }
+
+    func id(_ device: String) throws(IOMMUError) -> DeviceID {
+        guard let id = deviceIDs[device] else { throw IOMMUError(.noSuchDevice, code: .noSuchDevice) }
+        return id
+    }
+
+    func resolve(_ value: Scenario.Value) throws(IOMMUError) -> UInt64 {
+        switch value {
+        case .literal(let v): return v
+        case let .name(n, plus):
+            guard let v = namedValues[n] else { throw IOMMUError(.invalidArgument) }
+            return v &+ plus
+        }
+    }
+
+    func domain(_ ref: Scenario.DomainRef, device: String) throws(IOMMUError) -> IOMMUDomain {
+        switch ref {
+        case .current:
+            guard let d = core.domain(for: try id(device)) else { throw IOMMUError(.noSuchDevice, code: .noSuchDevice) }
+            return d
+        case .default:
+            guard let d = core.defaultDomain(for: try id(device)) else { throw IOMMUError(.noSuchDevice, code: .noSuchDevice) }
+            return d
+        case .named(let n):
+            guard let d = namedDomains[n] else { throw IOMMUError(.invalidArgument) }
+            return d
+        }
+    }
+
+    func iovaDomain(for device: String) throws(IOMMUError) -> (IOVADomain, UInt64) {
+        let d = try domain(.current, device: device)
+        let granule = d.pageSizes.smallest ?? .size4K
+        let spec = scenario.platform.devices.first { $0.name == device }!
+        let limit = spec.dmaMaskBits >= 64 ? UInt64.max >> granule.shift : ((UInt64(1) << UInt64(spec.dmaMaskBits)) - 1) >> granule.shift
+        if let existing = iovaDomains[d.serial] { return (existing, limit) }
+        let created = try IOVADomain(granule: granule, startPFN: 1, policy: .checking, warningSink: warnings,
+                                     cpuPageSize: max(granule, scenario.platform.cpuPageSize))
+        // The SMMU's software MSI window is reserved in every DMA-API domain (iova_reserve_iommu_regions).
+        if let group = core.groupID(of: try id(device)), let regions = core.reservedRegions(ofGroup: group) {
+            for region in regions.regions where region.type != .directRelaxable {
+                _ = created.reserve(lo: PFN(region.start >> granule.shift), hi: PFN(region.last >> granule.shift))
+            }
+        }
+        iovaDomains[d.serial] = created
+        return (created, limit)
+    }
+
+    /// Device DMA of one byte range, page by page, through the device's current DMA path.
+    func deviceAccess(_ device: String, iova: UInt64, length: Int, write: Bool) throws(IOMMUError) -> [(iova: UInt64, paddr: UInt64, count: Int)]? {
+        let devID = try id(device)
+        var runs: [(UInt64, UInt64, Int)] = []
+        var offset = 0
+        while offset < length {
+            let address = iova + UInt64(offset)
+            let pageEnd = (address | 0xFFF) + 1
+            let count = min(length - offset, Int(pageEnd - address))
+            guard let pa = translate(devID, device: device, iova: address, write: write) else { return nil }
+            runs.append((address, pa, count))
+            offset += count
+        }
+        return runs
+    }
+
+    /// Translates like the hardware: returns nil and reports a fault when the access is refused.
+    func translate(_ devID: DeviceID, device: String, iova: UInt64, write: Bool) -> UInt64? {
+        let path = core.dmaPath(for: devID)
+        let stream = scenario.platform.devices.first { $0.name == device }?.streamIDs.first.map { StreamID($0) }
+        var reason: IOMMUFaultReason
+        switch path {
+        case .noIOMMU: return iova
+        case .identity: return iova
+        case .translated(let d):
+            if let pa = d.iovaToPhys(IOVA(iova)) { return pa.rawValue }
+            reason = .translation
+        case .notProbed: reason = .blocked
+        case .blocked: reason = .blocked
+        }
+        let fault = IOMMUFault(device: devID, streamID: stream, iova: IOVA(iova), isWrite: write, reason: reason)
+        _ = core.reportFault(fault)
+        faults.append("\(device) \(write ? "write" : "read") iova 0x\(String(iova, radix: 16)): \(reason)")
+        return nil
+    }
+
+    func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+
+    func perform(_ action: Scenario.Action, record: inout ScenarioReport.StepRecord) throws(IOMMUError) -> Outcome {
+        switch action {
+        case .check:
+            record.action = "expect"
+            return Outcome()
+        case .registerIOMMU(let name):
+            record.action = "register-iommu \(name)"
+            let before = scenario.platform.devices.filter { d in deviceIDs[d.name].map { core.probeState(of: $0) == .deferred } ?? false }
+            let text = registerIOMMU(name)
+            record.events.append(text)
+            for d in before { record.events.append("\(d.name): deferred -> \(stateName(try id(d.name)))") }
+            if text.contains(": E") { throw IOMMUError(.alreadyExists) }
+            return Outcome()
+        case .addDevice(let name):
+            record.action = "add-device \(name)"
+            switch addDevice(name) {
+            case .failure(let e): throw e
+            case .success(let devID): record.events.append("\(name) is \(devID): \(stateName(devID))\(core.groupID(of: devID).map { ", group \($0)" } ?? "")")
+            }
+            return Outcome()
+        case .removeDevice(let name):
+            record.action = "remove-device \(name)"
+            try core.removeDevice(try id(name))
+            deviceIDs[name] = nil
+            return Outcome()
+        case let .bind(device, driver, managed):
+            record.action = "bind \(device) to \(driver)"
+            try core.bindDriver(try id(device), name: driver, driverManagedDMA: managed)
+            return Outcome()
+        case .unbind(let device):
+            record.action = "unbind \(device)"
+            core.unbindDriver(try id(device))
+            return Outcome()
+        case .retryDeferredProbes:
+            record.action = "retry-deferred-probes"
+            core.retryDeferredProbes()
+            return Outcome()
+        case let .allocateDomain(device, type, name):
+            record.action = "allocate-domain \(type) for \(device) as \(name)"
+            let d = try core.allocateDomain(type: type, for: try id(device))
+            namedDomains[name] = d
+            record.events.append("\(name) = \(d)")
+            return Outcome()
+        case let .attach(device, name):
+            record.action = "attach \(device) to \(name)"
+            guard let d = namedDomains[name] else { throw IOMMUError(.invalidArgument) }
+            try core.attachDevice(d, to: try id(device))
+            return Outcome()
+        case let .detach(device, name):
+            record.action = "detach \(device) from \(name)"
+            guard let d = namedDomains[name] else { throw IOMMUError(.invalidArgument) }
+            core.detachDevice(d, from: try id(device))
+            return Outcome()
+        case .freeDomain(let name):
+            record.action = "free-domain \(name)"
+            guard let d = namedDomains[name] else { throw IOMMUError(.invalidArgument) }
+            try core.freeDomain(d)
+            namedDomains[name] = nil
+            return Outcome()
+        case let .map(device, ref, iovaValue, length, paddr, prot):
+            let iova = try resolve(iovaValue)
+            let d = try domain(ref, device: device)
+            let pa: UInt64
+            if let paddr {
+                pa = paddr
+            } else {
+                // A driver's buffer: naturally aligned frames from RAM (seeded offset for variety).
+                let size = PageSize(bytes: max(UInt64(4096), length).nextPowerOfTwo) ?? .size4K
+                pa = try frames.allocate(size).rawValue
+            }
+            record.action = "map \(device) iova \(hex(iova)) +\(hex(length)) -> pa \(hex(pa)) \(protText(prot))"
+            try d.map(iova: IOVA(iova), paddr: PhysAddr(pa), length: length, prot: prot)
+            return Outcome(bytes: length)
+        case let .unmap(device, ref, iovaValue, length):
+            let iova = try resolve(iovaValue)
+            record.action = "unmap \(device) iova \(hex(iova)) +\(hex(length))"
+            let d = try domain(ref, device: device)
+            let bytes = d.unmap(iova: IOVA(iova), length: length)
+            return Outcome(bytes: bytes, text: "\(hex(bytes)) bytes unmapped")
+        case let .iovaAlloc(device, length, name):
+            let (iovad, limit) = try iovaDomain(for: device)
+            let pages = (length + iovad.granule.mask) >> iovad.granule.shift
+            let pfn = try iovad.fastAlloc(size: pages, limitPFN: limit, flushCaches: true)
+            let iova = pfn.rawValue << iovad.granule.shift
+            if let name { namedValues[name] = iova }
+            record.action = "iova-alloc \(device) \(hex(length))\(name.map { " as $\($0)" } ?? "")"
+            return Outcome(iova: iova, text: "iova \(hex(iova)) (\(pages) page(s))")
+        case let .iovaFree(device, iovaValue, length):
+            let iova = try resolve(iovaValue)
+            let (iovad, _) = try iovaDomain(for: device)
+            let pages = (length + iovad.granule.mask) >> iovad.granule.shift
+            record.action = "iova-free \(device) \(hex(iova)) \(pages) page(s)"
+            iovad.fastFree(pfn: PFN(iova >> iovad.granule.shift), size: pages)
+            return Outcome()
+        case let .dmaWrite(device, iovaValue, bytes):
+            let iova = try resolve(iovaValue)
+            record.action = "dma-write \(device) iova \(hex(iova)) \(bytes.count) byte(s)"
+            guard let runs = try deviceAccess(device, iova: iova, length: bytes.count, write: true) else {
+                return Outcome(text: "fault")
+            }
+            var offset = 0
+            for run in runs {
+                try memory.writeBytes(PhysAddr(run.paddr), Array(bytes[offset..<offset + run.count]))
+                record.events.append("\(hex(run.iova)) -> pa \(hex(run.paddr)): \(run.count) byte(s) written")
+                offset += run.count
+            }
+            return Outcome(bytes: UInt64(bytes.count))
+        case let .dmaRead(device, iovaValue, length):
+            let iova = try resolve(iovaValue)
+            record.action = "dma-read \(device) iova \(hex(iova)) \(length) byte(s)"
+            guard let runs = try deviceAccess(device, iova: iova, length: length, write: false) else { return Outcome(text: "fault") }
+            var data: [UInt8] = []
+            for run in runs {
+                data += try memory.readBytes(PhysAddr(run.paddr), count: run.count)
+                record.events.append("\(hex(run.iova)) -> pa \(hex(run.paddr)): \(run.count) byte(s) read")
+            }
+            return Outcome(bytes: UInt64(length), data: data, text: bytesText(data))
+        case let .streamDMA(iommu, streamID, iova, write):
+            record.action = "stream-dma \(iommu) stream \(hex(UInt64(streamID))) iova \(hex(iova)) \(write ? "write" : "read")"
+            if let (devID, _) = core.dmaPath(onIOMMU: iommu, streamID: StreamID(streamID)), let info = core.deviceInfo(devID) {
+                guard let pa = translate(devID, device: info.name, iova: iova, write: write) else { return Outcome(text: "fault") }
+                return Outcome(text: "stream of \(info.name): pa \(hex(pa))")
+            }
+            let policy = drivers[iommu]!.spec.unmatchedStream
+            if policy == .fault {
+                faults.append("\(iommu): unmatched stream \(hex(UInt64(streamID))) \(write ? "write" : "read") iova \(hex(iova)): unidentifiedStream (GFSR.USF)")
+                return Outcome(text: "fault")
+            }
+            return Outcome(text: "bypass: unmatched stream goes straight to pa \(hex(iova)) (disable_bypass=0)")
+        case let .translate(device, iovaValue):
+            let iova = try resolve(iovaValue)
+            record.action = "translate \(device) iova \(hex(iova))"
+            guard let pa = translate(try id(device), device: device, iova: iova, write: false) else { return Outcome(text: "fault") }
+            return Outcome(text: "pa \(hex(pa))")
+        case .vfioOpenGroup(let device):
+            record.action = "vfio open group of \(device)"
+            guard let group = core.groupID(of: try id(device)) else { throw IOMMUError(.noSuchDevice, code: .notFound) }
+            let spec = scenario.platform.devices.first { $0.name == device }!
+            if let iommu = spec.iommu, drivers[iommu]!.spec.interruptRemapping { vfio.setInterruptIsolation(ofGroup: group, isolated: true) }
+            let g = try vfio.openGroup(id: group)
+            vfioGroups[device] = g
+            record.events.append("/dev/vfio/\(group): viable \(g.status.viable)")
+            return Outcome()
+        case .vfioSetContainer(let device):
+            record.action = "VFIO_GROUP_SET_CONTAINER (group of \(device))"
+            guard let g = vfioGroups[device] else { throw IOMMUError(.invalidArgument, code: .badFileDescriptor) }
+            try g.setContainer(openedContainer())
+            return Outcome()
+        case .vfioUnsetContainer(let device):
+            record.action = "VFIO_GROUP_UNSET_CONTAINER (group of \(device))"
+            guard let g = vfioGroups[device] else { throw IOMMUError(.invalidArgument, code: .badFileDescriptor) }
+            try g.unsetContainer()
+            return Outcome()
+        case .vfioSetIOMMU:
+            record.action = "VFIO_SET_IOMMU type1v2"
+            try openedContainer().setIOMMU(.type1v2)
+            return Outcome()
+        case .vfioInfo:
+            record.action = "VFIO_IOMMU_GET_INFO"
+            let info = try openedContainer().info()
+            record.events.append("page sizes \(PageSizeBitmap(rawValue: info.pageSizes)), dma_avail \(info.dmaAvailable)")
+            for r in info.iovaRanges { record.events.append("valid iova range [\(hex(r.first.rawValue)), \(hex(r.last.rawValue))]") }
+            return Outcome()
+        case let .vfioMap(iova, length, vaddr, read, write):
+            let c = openedContainer()
+            let va: UInt64
+            if let vaddr { va = vaddr } else { va = try process.map(length: length).first.rawValue }
+            record.action = "VFIO_IOMMU_MAP_DMA iova \(hex(iova)) +\(hex(length)) vaddr \(hex(va))"
+            try c.mapDMA(iova: IOVA(iova), vaddr: VirtAddr(va), length: length, read: read, write: write)
+            return Outcome(bytes: length)
+        case let .vfioUnmap(iova, length):
+            record.action = "VFIO_IOMMU_UNMAP_DMA iova \(hex(iova)) +\(hex(length))"
+            let before = vfioDrivers.mapValues { $0.1.notifications.withLock { $0 } }
+            let bytes = try withNotifications(record: &record, before: before) { () throws(IOMMUError) -> UInt64 in
+                try openedContainer().unmapDMA(iova: IOVA(iova), length: length)
+            }
+            return Outcome(bytes: bytes, text: "\(hex(bytes)) bytes unmapped")
+        case let .vfioRegisterDriver(name, behaviour):
+            record.action = "register vendor driver \(name) (on unmap: \(behaviour.rawValue))"
+            let tracker = PinTracker()
+            let device = try openedContainer().registerEmulatedDevice(name: name) { device, iova, length in
+                tracker.notifications.withLock { $0 += 1 }
+                guard behaviour == .unpin else { return }
+                let pages = tracker.pins.withLock { pins in
+                    let selected = pins.filter { $0.key >= iova.rawValue && $0.key - iova.rawValue < length }
+                    for key in selected.keys { pins[key] = nil }
+                    return selected
+                }
+                for (page, count) in pages.sorted(by: { $0.key < $1.key }) {
+                    for _ in 0..<count { device.unpinPages(iova: IOVA(page), count: 1) }
+                }
+            }
+            vfioDrivers[name] = (device, tracker)
+            return Outcome()
+        case let .vfioPin(driver, iova, count):
+            record.action = "vfio_pin_pages \(driver) iova \(hex(iova)) \(count) page(s)"
+            guard let (device, tracker) = vfioDrivers[driver] else { throw IOMMUError(.invalidArgument) }
+            let pages = try device.pinPages(iova: IOVA(iova), count: count, prot: [.read, .write])
+            tracker.pins.withLock { pins in
+                for i in 0..<count { pins[iova + UInt64(i) * 4096, default: 0] += 1 }
+            }
+            record.events.append("pinned pa \(pages.map { hex($0.rawValue) }.joined(separator: ", "))")
+            return Outcome()
+        case let .vfioUnpin(driver, iova, count):
+            record.action = "vfio_unpin_pages \(driver) iova \(hex(iova)) \(count) page(s)"
+            guard let (device, tracker) = vfioDrivers[driver] else { throw IOMMUError(.invalidArgument) }
+            device.unpinPages(iova: IOVA(iova), count: count)
+            tracker.pins.withLock { pins in
+                for i in 0..<count {
+                    let key = iova + UInt64(i) * 4096
+                    if let c = pins[key] { pins[key] = c > 1 ? c - 1 : nil }
+                }
+            }
+            return Outcome()
+        case .advanceClock(let ns):
+            clockNanoseconds += ns
+            record.action = "advance-clock \(ns / 1_000_000 > 0 ? "\(ns / 1_000_000)ms" : "\(ns)ns") (now \(clockNanoseconds / 1_000_000)ms)"
+            for (_, d) in iovaDomains.sorted(by: { $0.key < $1.key }) { d.tick(nanoseconds: Int64(ns)) }
+            return Outcome()
+        }
+    }
+
+    func withNotifications<T>(record: inout ScenarioReport.StepRecord, before: [String: Int], _ body: () throws(IOMMUError) -> T) throws(IOMMUError) -> T {
+        defer {
+            for (name, (_, tracker)) in vfioDrivers.sorted(by: { $0.key < $1.key }) {
+                let n = tracker.notifications.withLock { $0 } - (before[name] ?? 0)
+                if n > 0 { record.events.append("\(name) notified \(n) time(s); still holds \(tracker.pinnedPages) pinned page(s)") }
+            }
+        }
+        return try body()
+    }
+
+    func openedContainer() -> VFIOContainer {
+        if let container { return container }
+        let c = vfio.openContainer(process: process)
+        container = c
+        return c
+    }
+
+    func stateName(_ id: DeviceID) -> String {
+        switch core.probeState(of: id) {
+        case .noIOMMU?: "no-iommu"
+        case .deferred?: "deferred"
+        case .probed?: "probed"
+        case .probeFailed?: "failed"
+        case nil: "removed"
+        }
+    }
+
+    func pathName(_ path: DMAPath) -> String {
+        switch path {
+        case .noIOMMU: "no-iommu"
+        case .notProbed: "not-probed"
+        case .blocked: "blocked"
+        case .identity: "identity"
+        case .translated: "translated"
+        }
+    }
+
+    func protText(_ prot: IOMMUProt) -> String {
+        var s = ""
+        if prot.contains(.read) { s += "r" }
+        if prot.contains(.write) { s += "w" }
+        if prot.contains(.cache) { s += "c" }
+        if prot.contains(.noExec) { s += "n" }
+        if prot.contains(.mmio) { s += "m" }
+        return s.isEmpty ? "-" : s
+    }
+
+    func bytesText(_ data: [UInt8]) -> String {
+        let shown = data.prefix(16).map { b in (b < 16 ? "0" : "") + String(b, radix: 16) }.joined(separator: " ")
+        return data.count > 16 ? shown + " …" : shown
+    }
+
+    // MARK: - One step
+
+    func execute(_ step: Scenario.Step, index: Int) -> ScenarioReport.StepRecord {
+        var record = ScenarioReport.StepRecord(index: index, line: step.line, action: "", result: "ok", note: step.note)
+        let faultsBefore = faults.count
+        var outcome = Outcome()
+        do throws(IOMMUError) {
+            outcome = try perform(step.action, record: &record)
+            record.result = outcome.text ?? (outcome.bytes.map { "ok (\(hex($0)) bytes)" } ?? "ok")
+        } catch {
+            outcome.error = error
+            record.result = error.code.name
+        }
+        for event in trace.drain() { record.events.append("trace: \(event.ftraceText)") }
+        let stepWarnings = warnings.drain()
+        record.warnings = stepWarnings.map { "\($0)" }
+        let stepFaults = Array(faults[faultsBefore...])
+        record.faults = stepFaults
+        let warningKinds = stepWarnings.map(Self.kindName)
+
+        func check(_ ok: Bool, _ what: String, _ actual: @autoclosure () -> String) {
+            if ok { record.checks.append(what) } else { record.failures.append("\(what): got \(actual())") }
+        }
+        for expectation in step.expect {
+            switch expectation {
+            case .errno(let e):
+                check(outcome.error?.code == e, "expect \(e?.name ?? "ok")", outcome.error?.code.name ?? "ok")
+            case .bytes(let b):
+                check(outcome.bytes == b, "expect \(hex(b)) bytes", outcome.bytes.map(hex) ?? "none")
+            case .data(let d):
+                check(outcome.data == d, "expect data \(bytesText(d))", outcome.data.map(bytesText) ?? "no data")
+            case .warning(let kind):
+                check(warningKinds.contains(kind), "expect warning \(kind)", warningKinds.isEmpty ? "no warning" : warningKinds.joined(separator: ", "))
+            case .noWarnings:
+                check(warningKinds.isEmpty, "expect no warnings", warningKinds.joined(separator: ", "))
+            case .faults(let n):
+                if let n { check(stepFaults.count == n, "expect \(n) fault(s)", "\(stepFaults.count)") }
+                else { check(!stepFaults.isEmpty, "expect a fault", "none") }
+            case .iova(let v):
+                check(outcome.iova == v, "expect iova \(hex(v))", outcome.iova.map(hex) ?? "none")
+            case let .group(device, gid):
+                let actual = deviceIDs[device].flatMap { core.groupID(of: $0) }
+                check(actual == gid, "expect \(device) in group \(gid)", actual.map { "group \($0)" } ?? "no group")
+            case .sameGroup(let names):
+                let ids = names.map { deviceIDs[$0].flatMap { core.groupID(of: $0) } }
+                check(ids.first! != nil && Set(ids).count == 1, "expect \(names.joined(separator: ", ")) in one group",
+                      ids.map { $0.map(String.init) ?? "none" }.joined(separator: ", "))
+            case let .probeState(device, state):
+                let actual = deviceIDs[device].map(stateName) ?? "not added"
+                check(actual == state, "expect \(device) \(state)", actual)
+            case let .dmaPath(device, path):
+                let actual = deviceIDs[device].map { pathName(core.dmaPath(for: $0)) } ?? "not added"
+                check(actual == path, "expect \(device) DMA \(path)", actual)
+            case let .domainType(device, type):
+                let actual = deviceIDs[device].flatMap { core.domain(for: $0) }?.type.sysfsName ?? "none"
+                check(actual == type, "expect \(device) domain \(type)", actual)
+            case .groupCount(let n):
+                check(core.groupIDs.count == n, "expect \(n) group(s)", "\(core.groupIDs.count)")
+            case let .translation(device, iovaValue, paddr):
+                guard let devID = deviceIDs[device], let iova = try? resolve(iovaValue) else {
+                    check(false, "expect translation for \(device)", "device or value unknown"); continue
+                }
+                let before = faults.count
+                let pa = translate(devID, device: device, iova: iova, write: false)
+                faults.removeSubrange(before...)  // a checking probe, not a workload fault
+                _ = trace.drain()
+                check(pa == paddr, "expect \(device) \(hex(iova)) -> \(paddr.map(hex) ?? "fault")", pa.map(hex) ?? "fault")
+            case .validIOVARanges(let ranges):
+                let actual = container?.validIOVARanges.map { ($0.first.rawValue, $0.last.rawValue) } ?? []
+                let ok = actual.count == ranges.count && zip(actual, ranges).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+                check(ok, "expect valid IOVA ranges \(ranges.map { "[\(hex($0.0)), \(hex($0.1))]" }.joined(separator: " "))",
+                      actual.map { "[\(hex($0.0)), \(hex($0.1))]" }.joined(separator: " "))
+            case let .pinnedPages(driver, count):
+                let actual = vfioDrivers[driver]?.1.pinnedPages ?? -1
+                check(actual == count, "expect \(driver) holding \(count) pinned page(s)", "\(actual)")
+            case .vfioMappings(let n):
+                let actual = container?.mappings.count ?? 0
+                check(actual == n, "expect \(n) VFIO mapping(s)", "\(actual)")
+            }
+        }
+        return record
+    }
+
+    /// The `IOMMUWarning` case name ("unmapOfUnmappedIOVA"), what `expect: {warning: …}` matches.
+    static func kindName(_ warning: IOMMUWarning) -> String {
+        if let label = Mirror(reflecting: warning).children.first?.label { return label }
+        return "\(warning)"
+    }
+
+    // MARK: - State
+
+    /// Groups, devices and domains, one line each.
+    public func summary() -> [String] {
+        var lines: [String] = []
+        for gid in core.groupIDs {
+            guard let info = core.groupInfo(id: gid) else { continue }
+            let names = info.devices.compactMap { core.deviceInfo($0)?.name }
+            lines.append("group \(gid): \(names.joined(separator: ", ")); domain \(info.domain.map { "\($0)" } ?? "none")\(info.owner != nil ? ", owned by VFIO" : "")")
+        }
+        for device in scenario.platform.devices {
+            guard let devID = deviceIDs[device.name] else { continue }
+            let driver = core.boundDriver(of: devID).map { ", driver \($0)" } ?? ""
+            lines.append("\(device.name): \(stateName(devID)), DMA \(pathName(core.dmaPath(for: devID)))\(driver)")
+        }
+        if !faults.isEmpty { lines.append("\(faults.count) fault(s) in total") }
+        if let c = container {
+            lines.append("VFIO: \(c.mappings.count) mapping(s), \(process.lockedPages) locked page(s)")
+        }
+        lines.append("page-table memory: \(frames.framesInUse) frame(s) in use")
+        return lines
+    }
+
+    /// The model driver of an IOMMU (for inspection).
+    func driver(named name: String) -> ModelIOMMUDriver? { drivers[name] }
+}
+
+extension UInt64 {
+    var nextPowerOfTwo: UInt64 { self <= 1 ? 1 : 1 << UInt64(64 - (self - 1).leadingZeroBitCount) }
+}
