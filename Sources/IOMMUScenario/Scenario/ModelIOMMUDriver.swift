@@ -128,6 +128,12 @@ final class ModelDomainOps: IOMMUDomainOps, @unchecked Sendable {
     let driver: ModelIOMMUDriver
     let table: AnyIOPageTable
     let syncs = IOMMUMutex<Int>(0)
+    /// What is mapped, as the map calls described it (for `iommu inspect`; not used to translate).
+    let chunks = IOMMUMutex<[UInt64: (paddr: UInt64, length: UInt64, prot: IOMMUProt)]>([:])
+
+    var mappings: [(iova: UInt64, paddr: UInt64, length: UInt64, prot: IOMMUProt)] {
+        chunks.withLock { $0 }.map { ($0.key, $0.value.paddr, $0.value.length, $0.value.prot) }.sorted { $0.iova < $1.iova }
+    }
 
     init(driver: ModelIOMMUDriver, table: consuming AnyIOPageTable) {
         self.driver = driver
@@ -142,6 +148,8 @@ final class ModelDomainOps: IOMMUDomainOps, @unchecked Sendable {
             let bytes = try table.map(iova: IOVA(iova.rawValue + offset), paddr: PhysAddr(paddr.rawValue + offset), pageSize: pageSize,
                                       count: Int(count - done), prot: prot, invalidator: &invalidator)
             guard bytes > 0 else { break }
+            let start = iova.rawValue + offset, pa = paddr.rawValue + offset
+            chunks.withLock { $0[start] = (pa, bytes, prot) }
             mapped += bytes
             done += bytes / pageSize.bytes
         }
@@ -154,9 +162,22 @@ final class ModelDomainOps: IOMMUDomainOps, @unchecked Sendable {
             let bytes = table.unmap(iova: IOVA(iova.rawValue + done * pageSize.bytes), pageSize: pageSize, count: Int(count - done),
                                     gather: &gather, invalidator: &invalidator)
             guard bytes > 0 else { break }
+            forget(first: iova.rawValue + done * pageSize.bytes, length: bytes)
             done += bytes / pageSize.bytes
         }
         return done * pageSize.bytes
+    }
+
+    func forget(first: UInt64, length: UInt64) {
+        let last = first + length - 1
+        chunks.withLock { map in
+            for (start, c) in map where start <= last && start + c.length - 1 >= first {
+                map[start] = nil
+                if start < first { map[start] = (c.paddr, first - start, c.prot) }
+                let end = start + c.length - 1
+                if end > last { map[last + 1] = (c.paddr + (last + 1 - start), end - last, c.prot) }
+            }
+        }
     }
 
     func iovaToPhys(_ iova: IOVA) -> PhysAddr? { table.iovaToPhys(iova) }

@@ -34,7 +34,7 @@ public struct ScenarioReport: Sendable {
     /// The narrated text report.
     public var text: String {
         var out = "Scenario: \(name)\n"
-        for line in description.split(separator: "\n", omittingEmptySubsequences: false) where !description.isEmpty {
+        for line in description.split(separator: "\n") {
             out += "  \(line)\n"
         }
         out += "\nBoot:\n"

@@ -79,7 +79,7 @@ public final class ScenarioRunner {
         for device in p.devices where device.presentAtBoot {
             if let driver = device.driver, let id = deviceIDs[device.name] {
                 do throws(IOMMUError) {
-                    try core.bindDriver(id, name: driver)
+                    try core.bindDriver(id, name: driver, driverManagedDMA: vfio.configuration.vfioDriverNames.contains(driver))
                 } catch {
                     report.boot.append("bind \(device.name) to \(driver): \(error.code.name)")
                 }
@@ -404,7 +404,7 @@ public final class ScenarioRunner {
         case let .vfioRegisterDriver(name, behaviour):
             record.action = "register vendor driver \(name) (on unmap: \(behaviour.rawValue))"
             let tracker = PinTracker()
-            let device = try openedContainer().registerEmulatedDevice(name: name) { device, iova, length in
+            let device = openedContainer().registerEmulatedDevice(name: name) { device, iova, length in
                 tracker.notifications.withLock { $0 += 1 }
                 guard behaviour == .unpin else { return }
                 let pages = tracker.pins.withLock { pins in

@@ -1,0 +1,157 @@
+import ArgumentParser
+import IOMMUKit
+import IOMMUScenario
+
+/// `iommu inspect SCENARIO [--at STEP]`: the model's state after some steps.
+struct InspectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inspect",
+        abstract: "Show groups, domains, mappings, reserved regions, stream tables and IOVA space of a scenario.",
+        discussion: """
+            Boots the scenario's platform, runs its workload up to and including step --at \
+            (default: all steps), and prints: IOMMU groups and their devices with the group's \
+            reserved regions in the Linux sysfs format (start end type); domains with their \
+            mappings and live page-table pages (the `iommu pgtable` descriptor view); each \
+            IOMMU's stream-match table (SMR → S2CR) and context-bank use; the IOVA space of \
+            every DMA-API domain that allocated IOVAs; VFIO mappings and valid IOVA ranges. \
+            Flush-queue state is shown once DMAMapping is wired in.
+
+            Exit status: 0, or 2 for a bad scenario file or --at out of range.
+            """
+    )
+
+    @Argument(help: "The scenario file (YAML).")
+    var file: String
+
+    @Option(help: "Stop after this step (1-based; 0 = right after boot).")
+    var at: Int?
+
+    @Option(help: "Seed, as for `iommu run`.")
+    var seed: UInt64 = 1
+
+    @Flag(help: "Print JSON instead of text.")
+    var json = false
+
+    @Flag(help: "Include raw page-table descriptors in the text output (always in JSON).")
+    var tables = false
+
+    func run() throws {
+        let outcome = execute()
+        if !outcome.standardOutput.isEmpty { print(outcome.standardOutput, terminator: "") }
+        if !outcome.standardError.isEmpty {
+            var stderr = StandardError()
+            print(outcome.standardError, terminator: "", to: &stderr)
+        }
+        if outcome.status != 0 { throw ExitCode(outcome.status) }
+    }
+
+    func execute() -> PageTableCommand.Outcome {
+        let scenario: Scenario
+        switch loadScenario(file) {
+        case .failure(let e): return .init(standardError: e.description + "\n", status: 2)
+        case .success(let s): scenario = s
+        }
+        if let at, at < 0 || at > scenario.steps.count {
+            return .init(standardError: "error: --at \(at) is out of range: the workload has \(scenario.steps.count) step(s)\n", status: 2)
+        }
+        let runner: ScenarioRunner
+        do throws(IOMMUError) {
+            runner = try ScenarioRunner(scenario: scenario, seed: seed)
+        } catch {
+            return .init(standardError: "\(file):1: cannot build the platform: \(error)\n", status: 2)
+        }
+        runner.run(upTo: at)
+        let inspection = runner.inspect()
+        return .init(standardOutput: json ? Self.json(inspection).rendered(pretty: true) + "\n" : text(inspection, scenario: scenario))
+    }
+
+    static func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+
+    func text(_ i: ScenarioInspection, scenario: Scenario) -> String {
+        let hex = Self.hex
+        var out = "\(scenario.name): state after step \(i.step) of \(scenario.steps.count)\n\nGroups:\n"
+        for g in i.groups {
+            out += "  group \(g.id): \(g.devices.joined(separator: ", ")) -> \(g.domain) (\(g.domainType))\(g.ownedByVFIO ? ", owned by VFIO" : "")\n"
+            if !g.reservedRegions.isEmpty {
+                out += "    reserved_regions:\n"
+                for line in g.reservedRegions.split(separator: "\n") { out += "      \(line)\n" }
+            }
+        }
+        out += "\nDomains:\n"
+        for d in i.domains {
+            out += "  domain#\(d.serial) \(d.type) on \(d.iommu), pages \(d.pageSizes), \(d.formatKind): \(d.devices.joined(separator: ", "))\n"
+            for m in d.mappings { out += "    \(hex(m.iova))..\(hex(m.iova + m.length - 1)) -> \(hex(m.paddr)) \(m.prot)\n" }
+            if d.mappings.isEmpty && d.type != "identity" && d.type != "blocked" { out += "    (no mappings)\n" }
+            if tables {
+                for t in d.tables {
+                    out += "    table \(t.address) L\(t.level): " + t.entries.map { "[\($0.index)] \(DescriptorText.hex16($0.descriptor))" }.joined(separator: " ") + "\n"
+                }
+            } else if !d.tables.isEmpty {
+                out += "    page table: \(d.tables.count) table page(s) (--tables for descriptors)\n"
+            }
+        }
+        out += "\nStream tables:\n"
+        for t in i.streamTables {
+            out += "  \(t.iommu) (\(t.kind)): \(t.entries.count)/\(t.smrCount) SMRs used, context banks \(t.contextBanksInUse)/\(t.contextBanks), unmatched streams \(t.unmatchedStream)\n"
+            for e in t.entries { out += "    SMR\(e.index): id \(hex(UInt64(e.streamID))) mask 0x0 -> S2CR \(e.s2cr)  [\(e.device)]\n" }
+        }
+        if !i.iovaSpaces.isEmpty {
+            out += "\nIOVA space:\n"
+            for s in i.iovaSpaces {
+                out += "  domain#\(s.domainSerial) (granule \(hex(s.granule))): \(s.allocated.count) allocation(s)\n"
+                for r in s.reserved { out += "    reserved  \(hex(r.first))..\(hex(r.last))\n" }
+                for r in s.allocated { out += "    allocated \(hex(r.first))..\(hex(r.last))\n" }
+            }
+        }
+        if !i.vfioMappings.isEmpty || !i.vfioValidRanges.isEmpty {
+            out += "\nVFIO:\n"
+            for r in i.vfioValidRanges { out += "  valid iova range [\(hex(r.0)), \(hex(r.1))]\n" }
+            for m in i.vfioMappings { out += "  \(m)\n" }
+        }
+        out += "\nFlush queues: \(i.flushQueues.isEmpty ? "not modelled yet (arrives with DMAMapping)" : i.flushQueues.joined(separator: "; "))\n"
+        return out
+    }
+
+    static func json(_ i: ScenarioInspection) -> JSON {
+        .object([
+            ("step", .int(Int64(i.step))),
+            ("groups", .array(i.groups.map { g in
+                .object([("id", .int(Int64(g.id))), ("devices", .array(g.devices.map(JSON.string))), ("domain", .string(g.domain)),
+                         ("type", .string(g.domainType)), ("owned_by_vfio", .bool(g.ownedByVFIO)),
+                         ("reserved_regions", .string(g.reservedRegions))])
+            })),
+            ("domains", .array(i.domains.map { d in
+                .object([
+                    ("serial", .uint(d.serial)), ("type", .string(d.type)), ("iommu", .string(d.iommu)), ("page_sizes", .string(d.pageSizes)),
+                    ("devices", .array(d.devices.map(JSON.string))),
+                    ("mappings", .array(d.mappings.map { m in
+                        .object([("iova", .hex(m.iova)), ("paddr", .hex(m.paddr)), ("size", .uint(m.length)), ("prot", .string(m.prot))])
+                    })),
+                    ("pgtable", .object([
+                        ("format", .string(d.formatKind)), ("granule", .uint(1 << UInt64(d.granuleShift))),
+                        ("tables", .array(d.tables.map { t in
+                            .object([("address", .hex(t.address.rawValue)), ("level", .int(Int64(t.level))),
+                                     ("entries", .array(t.entries.map { .array([.int(Int64($0.index)), .hex($0.descriptor)]) }))])
+                        })),
+                    ])),
+                ])
+            })),
+            ("stream_tables", .array(i.streamTables.map { t in
+                .object([("iommu", .string(t.iommu)), ("kind", .string(t.kind)), ("smrs", .int(Int64(t.smrCount))),
+                         ("context_banks", .int(Int64(t.contextBanks))), ("context_banks_in_use", .int(Int64(t.contextBanksInUse))),
+                         ("unmatched_stream", .string(t.unmatchedStream)),
+                         ("entries", .array(t.entries.map { e in
+                             .object([("smr", .int(Int64(e.index))), ("stream_id", .hex(UInt64(e.streamID))), ("device", .string(e.device)), ("s2cr", .string(e.s2cr))])
+                         }))])
+            })),
+            ("iova_spaces", .array(i.iovaSpaces.map { s in
+                .object([("domain", .uint(s.domainSerial)), ("granule", .uint(s.granule)),
+                         ("reserved", .array(s.reserved.map { .array([.hex($0.first), .hex($0.last)]) })),
+                         ("allocated", .array(s.allocated.map { .array([.hex($0.first), .hex($0.last)]) }))])
+            })),
+            ("vfio", .object([("valid_iova_ranges", .array(i.vfioValidRanges.map { .array([.hex($0.0), .hex($0.1)]) })),
+                              ("mappings", .array(i.vfioMappings.map(JSON.string)))])),
+            ("flush_queues", .array(i.flushQueues.map(JSON.string))),
+        ])
+    }
+}
