@@ -172,7 +172,9 @@ public final class ScenarioRunner {
         let d = try domain(.current, device: device)
         let granule = d.pageSizes.smallest ?? .size4K
         let spec = scenario.platform.devices.first { $0.name == device }!
-        let limit = spec.dmaMaskBits >= 64 ? UInt64.max >> granule.shift : ((UInt64(1) << UInt64(spec.dmaMaskBits)) - 1) >> granule.shift
+        // Linux iommu_dma_alloc_iova: the limit is the smaller of the DMA mask and the aperture end.
+        let mask = spec.dmaMaskBits >= 64 ? UInt64.max : (UInt64(1) << UInt64(spec.dmaMaskBits)) - 1
+        let limit = min(mask, d.geometry.apertureEnd.rawValue) >> granule.shift
         if let existing = iovaDomains[d.serial] { return (existing, limit) }
         let created = try IOVADomain(granule: granule, startPFN: 1, policy: .checking, warningSink: warnings,
                                      cpuPageSize: max(granule, scenario.platform.cpuPageSize))
@@ -190,11 +192,11 @@ public final class ScenarioRunner {
     func deviceAccess(_ device: String, iova: UInt64, length: Int, write: Bool) throws(IOMMUError) -> [(iova: UInt64, paddr: UInt64, count: Int)]? {
         let devID = try id(device)
         var runs: [(UInt64, UInt64, Int)] = []
+        guard !iova.addingReportingOverflow(UInt64(length)).overflow else { throw IOMMUError(.lengthOverflow, address: iova) }
         var offset = 0
         while offset < length {
             let address = iova + UInt64(offset)
-            let pageEnd = (address | 0xFFF) + 1
-            let count = min(length - offset, Int(pageEnd - address))
+            let count = min(length - offset, Int(0x1000 - (address & 0xFFF)))
             guard let pa = translate(devID, device: device, iova: address, write: write) else { return nil }
             runs.append((address, pa, count))
             offset += count

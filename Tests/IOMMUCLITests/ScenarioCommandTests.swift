@@ -1,0 +1,149 @@
+@testable import IOMMUCLI
+import IOMMUScenario
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The repository root, from this file's path (Tests/IOMMUCLITests/…).
+let repositoryRoot: String = {
+    var parts = String(#filePath).split(separator: "/", omittingEmptySubsequences: false)
+    parts.removeLast(3)
+    return parts.joined(separator: "/")
+}()
+
+func exampleFiles() -> [String] {
+    let directory = repositoryRoot + "/examples"
+    guard let dir = opendir(directory) else { return [] }
+    defer { closedir(dir) }
+    var names: [String] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        if name.hasSuffix(".yaml") { names.append(directory + "/" + name) }
+    }
+    return names.sorted()
+}
+
+func writeTemporary(_ bytes: [UInt8], name: String) -> String {
+    let path = "/tmp/iommukit-scenario-test-\(getpid())-\(name)"
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    precondition(fd >= 0)
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    close(fd)
+    return path
+}
+
+@Suite("iommu run")
+struct RunCommandTests {
+    @Test func everyExampleIsListed() {
+        let names = exampleFiles().map { $0.split(separator: "/").last.map(String.init) ?? "" }
+        #expect(names.count >= 6, "examples: \(names)")
+        #expect(names.contains("server.yaml"))
+    }
+
+    @Test(arguments: exampleFiles())
+    func exampleRunsGreen(_ path: String) throws {
+        var command = try RunCommand.parse([path])
+        command.json = false
+        let outcome = command.execute()
+        #expect(outcome.status == 0, "\(path):\n\(outcome.standardOutput)\(outcome.standardError)")
+        #expect(outcome.standardOutput.contains("PASS:"))
+    }
+
+    @Test func sameSeedSameReport() throws {
+        let path = repositoryRoot + "/examples/01-bogus-unmap.yaml"
+        let a = try RunCommand.parse([path, "--seed", "7", "--json"]).execute()
+        let b = try RunCommand.parse([path, "--seed", "7", "--json"]).execute()
+        #expect(a.standardOutput == b.standardOutput)
+        #expect(a.standardOutput.contains("\"passed\": true"))
+    }
+
+    @Test func failedExpectationExitsOne() throws {
+        let text = """
+            platform:
+              iommus: [{name: smmu0, kind: smmu}]
+              devices: [{name: d, bus: platform, iommu: smmu0, stream-ids: [1]}]
+            workload:
+              - map: {device: d, iova: 0x1000, length: 4K}
+                expect: EINVAL
+            """
+        let path = writeTemporary(Array(text.utf8), name: "fail.yaml")
+        let outcome = try RunCommand.parse([path]).execute()
+        #expect(outcome.status == 1)
+        #expect(outcome.standardOutput.contains("✗ expect EINVAL: got ok"))
+    }
+
+    static let malformed: [(name: String, bytes: [UInt8], line: Int, message: String)] = [
+        ("bad-yaml", Array("platform:\n  iommus: [\n    {name: a\n".utf8), 4, "YAML syntax error"),
+        ("unknown-key", Array("platform:\n  iommus: []\n  colour: red\n".utf8), 3, "unknown key 'colour'"),
+        ("wrong-type", Array("platform:\n  iommus:\n    - name: s\n      kind: smmu\n      smrs: many\n".utf8), 5, "expected a number"),
+        ("missing-field", Array("platform:\n  iommus:\n    - name: s\n".utf8), 3, "missing required key 'kind'"),
+        ("out-of-range", Array("platform:\n  iommus:\n    - name: s\n      kind: smmu\n      smrs: 500\n".utf8), 5, "out of range"),
+        ("bad-enum", Array("platform:\n  iommus:\n    - name: s\n      kind: vtd\n".utf8), 4, "expected one of: smmu, dart"),
+        ("unknown-device", Array("platform:\n  iommus: []\nworkload:\n  - unbind: ghost\n".utf8), 4, "unknown device 'ghost'"),
+        ("two-actions", Array("platform:\n  iommus: []\nworkload:\n  - retry-deferred-probes: x\n    vfio-info: x\n".utf8), 4, "one action per step"),
+        ("huge-number", Array("platform:\n  iommus: []\n  ram: 0xfffffffffffffffffffff\n".utf8), 3, "expected a number"),
+        ("binary", [0x7F, 0x45, 0x4C, 0x46, 0x02, 0x01, 0x00, 0x00, 0xFF, 0xFE], 1, "binary data"),
+        ("not-utf8", Array("platform:\n  iommus: []\n".utf8) + [0xC3, 0x28, 0x0A], 3, "not UTF-8"),
+        ("empty", [], 1, "empty file"),
+        ("top-level-list", Array("- a\n- b\n".utf8), 1, "expected a mapping"),
+        ("duplicate-key", Array("platform:\n  iommus: []\n  iommus: []\n".utf8), 3, "appears twice"),
+        ("bad-errno", Array("platform:\n  iommus: []\nworkload:\n  - retry-deferred-probes: x\n    expect: EWHAT\n".utf8), 5, "unknown errno"),
+    ]
+
+    @Test(arguments: malformed.indices)
+    func malformedInputIsExitTwoWithFileAndLine(_ index: Int) throws {
+        let c = Self.malformed[index]
+        let path = writeTemporary(c.bytes, name: c.name + ".yaml")
+        let outcome = try RunCommand.parse([path]).execute()
+        #expect(outcome.status == 2, "\(c.name): \(outcome.standardError)")
+        #expect(outcome.standardError.hasPrefix("\(path):\(c.line): "), "\(c.name): \(outcome.standardError)")
+        #expect(outcome.standardError.contains(c.message), "\(c.name): \(outcome.standardError)")
+        #expect(outcome.standardOutput.isEmpty)
+    }
+
+    @Test func missingFileIsExitTwo() throws {
+        let outcome = try RunCommand.parse(["/nonexistent/scenario.yaml"]).execute()
+        #expect(outcome.status == 2)
+        #expect(outcome.standardError.hasPrefix("/nonexistent/scenario.yaml:1: cannot read scenario"))
+    }
+}
+
+@Suite("iommu inspect")
+struct InspectCommandTests {
+    @Test func showsGroupsReservedRegionsAndStreamTable() throws {
+        let path = repositoryRoot + "/examples/03-probe-deferral.yaml"
+        let outcome = try InspectCommand.parse([path]).execute()
+        #expect(outcome.status == 0)
+        let text = outcome.standardOutput
+        #expect(text.contains("group 0: nic0, nic1"))
+        #expect(text.contains("0x0000000008000000 0x00000000080fffff msi"))
+        #expect(text.contains("id 0x300 mask 0x0 -> S2CR translate"))
+    }
+
+    @Test func atStepZeroShowsDeferredBoot() throws {
+        let path = repositoryRoot + "/examples/03-probe-deferral.yaml"
+        let outcome = try InspectCommand.parse([path, "--at", "0", "--json"]).execute()
+        #expect(outcome.status == 0)
+        #expect(outcome.standardOutput.contains("\"groups\": []"))
+    }
+
+    @Test func mappingsAndIOVASpaceAppear() throws {
+        let path = repositoryRoot + "/examples/01-bogus-unmap.yaml"
+        let outcome = try InspectCommand.parse([path, "--at", "3", "--tables"]).execute()
+        #expect(outcome.standardOutput.contains("0xffffe000..0xffffffff -> "))
+        #expect(outcome.standardOutput.contains("allocated 0xffffe000..0xffffffff"))
+        #expect(outcome.standardOutput.contains("table 0x"))
+    }
+
+    @Test func atOutOfRangeIsExitTwo() throws {
+        let path = repositoryRoot + "/examples/01-bogus-unmap.yaml"
+        let outcome = try InspectCommand.parse([path, "--at", "999"]).execute()
+        #expect(outcome.status == 2)
+    }
+}
