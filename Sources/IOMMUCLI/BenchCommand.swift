@@ -6,8 +6,14 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure IOMMUKit's hot paths and compare them with Linux's figures.",
-        discussion: "Build in release (`swift build -c release`) before trusting the numbers.",
-        subcommands: [IOVABenchCommand.self]
+        discussion: """
+            Groups: iova (IOVA allocator workloads vs Linux), pgtable (page-table map/unmap, \
+            iovaToPhys, hardware walker), vfio (type1 MAP/UNMAP). `iommu bench` alone runs \
+            `all`, a quick version of each. Build in release (`swift build -c release`) before \
+            trusting the numbers.
+            """,
+        subcommands: [AllBenchCommand.self, IOVABenchCommand.self, PageTableBenchCommand.self, VFIOBenchCommand.self],
+        defaultSubcommand: AllBenchCommand.self
     )
 }
 

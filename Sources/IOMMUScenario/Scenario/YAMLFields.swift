@@ -159,7 +159,19 @@ func composeYAML(_ text: String) throws(ScenarioInputError) -> Node {
             }
             throw ScenarioInputError(line: line, "not readable as YAML text: \(problem)")
         case let .duplicatedKeysInMapping(duplicates, context):
-            throw ScenarioInputError(line: context.mark.line, "key '\(duplicates.joined(separator: "', '"))' appears twice")
+            // Yams marks the mapping; point at the second occurrence of the key instead.
+            var line = context.mark.line
+            if let key = duplicates.first {
+                var seen = 0
+                for (index, text) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() where index + 1 >= context.mark.line {
+                    let trimmed = text.drop { $0 == " " || $0 == "-" || $0 == "{" }
+                    if trimmed.hasPrefix(key + ":") || text.contains(" " + key + ":") || text.contains("{" + key + ":") {
+                        seen += 1
+                        if seen == 2 { line = index + 1; break }
+                    }
+                }
+            }
+            throw ScenarioInputError(line: line, "key '\(duplicates.joined(separator: "', '"))' appears twice")
         default:
             throw ScenarioInputError(line: 1, "YAML error: \(error)")
         }

@@ -1,0 +1,176 @@
+import ArgumentParser
+import IOMMUKit
+
+/// One measured figure of a benchmark group.
+struct BenchRow {
+    var group: String
+    var name: String
+    var value: Double
+    var unit: String
+
+    var json: JSON {
+        .object([("group", .string(group)), ("benchmark", .string(name)), ("value", .double(rounded(value, 2))), ("unit", .string(unit))])
+    }
+}
+
+func printBenchRows(_ rows: [BenchRow], json: Bool, title: String) {
+    if json {
+        print(JSON.object([("results", .array(rows.map(\.json)))]).rendered(pretty: true))
+        return
+    }
+    print(title)
+    print(pad("group", 9) + pad("benchmark", 64) + pad("value", 12, right: true) + "  unit")
+    for r in rows { print(pad(r.group, 9) + pad(r.name, 64) + pad(format(r.value, 2), 12, right: true) + "  " + r.unit) }
+}
+
+/// Times `body` over `iterations` operations; ns per operation, median of `repeats`.
+func nanosecondsPerOperation(iterations: Int, repeats: Int, _ body: (Int) throws -> Void) rethrows -> Double {
+    let clock = ContinuousClock()
+    var samples: [Double] = []
+    for _ in 0..<repeats {
+        let start = clock.now
+        for i in 0..<iterations { try body(i) }
+        let elapsed = clock.now - start
+        let ns = Double(elapsed.components.seconds) * 1e9 + Double(elapsed.components.attoseconds) / 1e9
+        samples.append(ns / Double(iterations))
+    }
+    return medianOf(samples)
+}
+
+/// The page-table cases of Benchmarks/PageTableBenchmarks, timed in process.
+enum PageTableBench {
+    static func run(iterations: Int, repeats: Int) throws -> [BenchRow] {
+        typealias Table = IOPageTable<ARMLPAEStage1<Granule4K>>
+        func warm() throws -> Table {
+            let memory = try PhysicalMemory()
+            let table = try Table(configuration: PageTableConfiguration(ias: 48, oas: 48), frames: FrameAllocator(memory: memory))
+            _ = try table.map(iova: IOVA(0x4000_0000), paddr: PhysAddr(0x1_0000_0000), pageSize: .size4K, count: 512, prot: [.read, .write])
+            _ = table.unmap(iova: IOVA(0x4000_0000), pageSize: .size4K, count: 512)
+            return table
+        }
+        var rows: [BenchRow] = []
+        var gather = IOTLBGather()
+        var inv = NoTLBInvalidator()
+        var sink: UInt64 = 0
+        do {
+            let t = try warm()
+            rows.append(BenchRow(group: "pgtable", name: "map+unmap one 4K page", value: try nanosecondsPerOperation(iterations: iterations, repeats: repeats) { i in
+                let iova = IOVA(0x4000_0000 + UInt64(i & 511) << 12)
+                sink &+= try t.map(iova: iova, paddr: PhysAddr(0x1_0000_0000), pageSize: .size4K, count: 1, prot: [.read, .write], invalidator: &inv)
+                sink &+= t.unmap(iova: iova, pageSize: .size4K, count: 1, gather: &gather, invalidator: &inv)
+            }, unit: "ns/op"))
+        }
+        do {
+            let t = try warm()
+            rows.append(BenchRow(group: "pgtable", name: "map 512 4K pages in one call, then unmap them", value: try nanosecondsPerOperation(iterations: max(1, iterations / 64), repeats: repeats) { _ in
+                sink &+= try t.map(iova: IOVA(0x4000_0000), paddr: PhysAddr(0x1_0000_0000), pageSize: .size4K, count: 512, prot: [.read, .write], invalidator: &inv)
+                sink &+= t.unmap(iova: IOVA(0x4000_0000), pageSize: .size4K, count: 512, gather: &gather, invalidator: &inv)
+            }, unit: "ns/op"))
+        }
+        do {
+            let t = try warm()
+            _ = t.unmap(iova: IOVA(0x4000_0000), pageSize: .size2M, count: 1)
+            rows.append(BenchRow(group: "pgtable", name: "map+unmap one 2M block", value: try nanosecondsPerOperation(iterations: iterations, repeats: repeats) { _ in
+                sink &+= try t.map(iova: IOVA(0x4000_0000), paddr: PhysAddr(0x1_0000_0000), pageSize: .size2M, count: 1, prot: [.read, .write], invalidator: &inv)
+                sink &+= t.unmap(iova: IOVA(0x4000_0000), pageSize: .size2M, count: 1, gather: &gather, invalidator: &inv)
+            }, unit: "ns/op"))
+        }
+        do {
+            let t = try warm()
+            _ = try t.map(iova: IOVA(0x4000_0000), paddr: PhysAddr(0x1_0000_0000), pageSize: .size4K, count: 512, prot: [.read, .write])
+            rows.append(BenchRow(group: "pgtable", name: "iovaToPhys (4-level walk to a 4K page)", value: nanosecondsPerOperation(iterations: iterations * 4, repeats: repeats) { i in
+                sink &+= t.iovaToPhys(IOVA(0x4000_0000 + UInt64(i & 511) << 12 + 0x10))?.rawValue ?? 0
+            }, unit: "ns/op"))
+            if case .stage1(let r) = t.registers {
+                let walker = try HardwareWalker(memory: t.memory, ttbr: r.ttbr, tcr: r.tcr, mair: r.mair)
+                rows.append(BenchRow(group: "pgtable", name: "hardware walker translate (4-level walk, read)", value: nanosecondsPerOperation(iterations: iterations * 4, repeats: repeats) { i in
+                    if case .translated(let x) = walker.translate(IOVA(0x4000_0000 + UInt64(i & 511) << 12 + 0x10)) { sink &+= x.physicalAddress.rawValue }
+                }, unit: "ns/op"))
+            }
+        }
+        if sink == 42 { print("") }   // keep the work observable
+        return rows
+    }
+}
+
+enum VFIOBench {
+    static func run(bytes: UInt64, iterations: Int, pairs: Int) throws -> [BenchRow] {
+        var rows = try VFIOBenchmarks.mapUnmapLarge(bytes: bytes, iterations: iterations).map {
+            BenchRow(group: "vfio", name: $0.name, value: $0.gibPerSecond, unit: "GiB/s")
+        }
+        let small = try VFIOBenchmarks.smallMapUnmapPairs(pairs: pairs)
+        rows.append(BenchRow(group: "vfio", name: small.name, value: small.microsecondsPerIteration, unit: "µs/pair"))
+        return rows
+    }
+}
+
+/// `iommu bench pgtable`.
+struct PageTableBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pgtable",
+        abstract: "Page-table map/unmap, iovaToPhys and hardware-walker translate (the PageTableBenchmarks cases).",
+        discussion: "Arm LPAE stage 1, 4K granule, warmed tables; ns per operation, median of --repeats runs."
+    )
+    @Option(help: "Operations per run.") var iterations: Int = 200_000
+    @Option(help: "Runs per figure; the median is reported.") var repeats: Int = 5
+    @Flag(help: "Print JSON instead of a table.") var json = false
+
+    func validate() throws {
+        guard (1...10_000_000).contains(iterations) else { throw ValidationError("--iterations must be in 1...10000000") }
+        guard (1...100).contains(repeats) else { throw ValidationError("--repeats must be in 1...100") }
+    }
+
+    func run() throws {
+        printBenchRows(try PageTableBench.run(iterations: iterations, repeats: repeats), json: json, title: "IO page table (Arm LPAE S1 4K), median of \(repeats)")
+    }
+}
+
+/// `iommu bench vfio`.
+struct VFIOBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vfio",
+        abstract: "VFIO type1 MAP+UNMAP of a large region (4K and 2M backing) and small MAP+UNMAP pairs.",
+        discussion: "Against VFIOBenchmarks' hash-map driver, so the figures are VFIO's own cost (pinning, validation, accounting)."
+    )
+    @Option(help: "Bytes per large MAP+UNMAP (power of two, 2M...1G).") var bytes: String = "1G"
+    @Option(help: "Large MAP+UNMAP repetitions.") var iterations: Int = 3
+    @Option(help: "Small 4K MAP+UNMAP pairs.") var pairs: Int = 10_000
+    @Flag(help: "Print JSON instead of a table.") var json = false
+
+    func parsedBytes() throws -> UInt64 {
+        let table: [String: UInt64] = ["2M": 2 << 20, "16M": 16 << 20, "64M": 64 << 20, "256M": 256 << 20, "1G": 1 << 30]
+        guard let value = table[bytes.uppercased()] else { throw ValidationError("--bytes must be one of 2M, 16M, 64M, 256M, 1G") }
+        return value
+    }
+
+    func validate() throws {
+        _ = try parsedBytes()
+        guard (1...100).contains(iterations) else { throw ValidationError("--iterations must be in 1...100") }
+        guard (1...1_000_000).contains(pairs) else { throw ValidationError("--pairs must be in 1...1000000") }
+    }
+
+    func run() throws {
+        printBenchRows(try VFIOBench.run(bytes: try parsedBytes(), iterations: iterations, pairs: pairs), json: json, title: "VFIO type1")
+    }
+}
+
+/// `iommu bench all` (also `iommu bench` alone): a quick version of every group.
+struct AllBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "all",
+        abstract: "A quick run of every benchmark group (iova, pgtable, vfio) in one table.",
+        discussion: "Small counts, one or three runs: a smoke check and a rough picture in a few seconds. Use the group subcommands for real figures."
+    )
+    @Flag(help: "Print JSON instead of a table.") var json = false
+
+    func run() throws {
+        var rows: [BenchRow] = []
+        for workload in [IOVAWorkload.allCases[0]] {
+            let r = try runIOVAWorkload(workload, policy: .checking, scale: 0.01, seed: 1)
+            rows.append(BenchRow(group: "iova", name: "\(workload.rawValue) alloc+free pair (checking, scale 0.01)", value: r.nsPerPair, unit: "ns/pair"))
+        }
+        rows += try PageTableBench.run(iterations: 20_000, repeats: 3)
+        rows += try VFIOBench.run(bytes: 64 << 20, iterations: 1, pairs: 1000)
+        printBenchRows(rows, json: json, title: "iommu bench all (quick)")
+    }
+}
