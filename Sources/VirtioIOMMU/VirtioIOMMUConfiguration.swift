@@ -105,6 +105,20 @@ public struct VirtioIOMMUConfiguration: Sendable {
 
     /// Input address bits the domains' tables need to cover `input_range`.
     var tableInputBits: Int { max(32, 64 - inputLast.leadingZeroBitCount) }
+
+    /// The page-table configuration of a domain with `spec`: LPAE covers the input range;
+    /// DART covers at most 36 (DART) or 38 (DART2, four TTBRs) bits, with its fixed output sizes.
+    /// MAPs above what a domain's table covers answer RANGE.
+    func pageTableConfiguration(for spec: VirtioTableSpec) -> PageTableConfiguration {
+        switch spec.kind {
+        case .armLPAEStage1, .armLPAEStage2:
+            PageTableConfiguration(ias: tableInputBits, oas: outputAddressBits)
+        case .appleDART:
+            PageTableConfiguration(ias: min(tableInputBits, 36), oas: 36)
+        case .appleDART2:
+            PageTableConfiguration(ias: min(tableInputBits, 38), oas: 42)
+        }
+    }
 }
 
 /// How the VMM describes one endpoint.

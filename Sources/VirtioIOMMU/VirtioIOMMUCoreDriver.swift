@@ -18,7 +18,7 @@ final class VirtioIOMMUCoreDriver: IOMMUDriver {
     let pageSizes: PageSizeBitmap
     /// Format, granule and address sizes of the next paging domain; set by the device (under its
     /// own lock) right before it asks the core to allocate a domain.
-    let pending = Mutex<(spec: VirtioTableSpec, ias: Int, oas: Int)?>(nil)
+    let pending = Mutex<(spec: VirtioTableSpec, configuration: PageTableConfiguration)?>(nil)
     /// Reserved regions per core device (the driver's `get_resv_regions`).
     let regions = Mutex<[DeviceID: [ReservedRegion]]>([:])
 
@@ -38,7 +38,7 @@ final class VirtioIOMMUCoreDriver: IOMMUDriver {
         guard let pending = pending.withLock({ $0 }) else { throw IOMMUError(.notSupported) }
         let table = try AnyIOPageTable(
             kind: pending.spec.kind, granule: pending.spec.granule,
-            configuration: PageTableConfiguration(ias: pending.ias, oas: pending.oas),
+            configuration: pending.configuration,
             frames: frames, warnings: warnings)
         return VirtioDomainOps(table: table, spec: pending.spec)
     }

@@ -180,7 +180,7 @@ extension VirtioIOMMUDevice {
             }
             if region.first > iova { limit = min(limit, region.first &- iova) }
         }
-        guard let walker = domain.walker else { return fault(VirtioIOMMUWire.faultReasonMapping, .translation) }
+        guard let walker = domain.walker, iova <= domain.lastIOVA else { return fault(VirtioIOMMUWire.faultReasonMapping, .translation) }
         switch walker.translate(IOVA(iova), access: write ? .write : .read) {
         case .translated(let t):
             let leafSize = UInt64(1) &<< UInt64(t.blockShift)

@@ -183,7 +183,7 @@ extension VirtioIOMMUDevice {
         guard last >= first else { return .invalid }
         let mask = configuration.granule &- 1
         guard first & mask == 0, phys & mask == 0, (last &+ 1) & mask == 0 else { return .range }
-        guard first >= configuration.inputFirst, last <= configuration.inputLast else { return .range }
+        guard first >= configuration.inputFirst, last <= configuration.inputLast, last <= domain.lastIOVA else { return .range }
         let size = last &- first &+ 1  // input range ends below 2^48: no wrap
         guard !phys.addingReportingOverflow(size &- 1).overflow else { return .range }
         guard !domain.mappings.overlaps(first, last) else { return .invalid }

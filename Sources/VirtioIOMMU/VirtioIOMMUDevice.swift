@@ -16,6 +16,8 @@ final class VirtioDomainRecord: @unchecked Sendable {
     let walker: HardwareWalker?
     var endpoints: [UInt32] = []
     var mappings = VirtioMappingList()
+    /// The last IOVA the domain's table covers (DART tables cover less than the input range).
+    var lastIOVA: UInt64 = .max
 
     init(id: UInt32, isBypass: Bool, spec: VirtioTableSpec?, iommuDomain: IOMMUDomain, ops: VirtioDomainOps?,
          walker: HardwareWalker?) {
@@ -131,7 +133,7 @@ public final class VirtioIOMMUDevice: Sendable {
         // Validate the default table once (a refused format/granule fails here, not at ATTACH).
         _ = try AnyIOPageTable(
             kind: c.defaultTable.kind, granule: c.defaultTable.granule,
-            configuration: PageTableConfiguration(ias: c.tableInputBits, oas: c.outputAddressBits), frames: frames)
+            configuration: c.pageTableConfiguration(for: c.defaultTable), frames: frames)
         self.configuration = configuration
         self.memory = memory
         self.warnings = warnings
@@ -288,8 +290,7 @@ public final class VirtioIOMMUDevice: Sendable {
         if spec != c.defaultTable {
             _ = try AnyIOPageTable(
                 kind: spec.kind, granule: spec.granule,
-                configuration: PageTableConfiguration(ias: c.tableInputBits, oas: c.outputAddressBits),
-                frames: driver.frames)
+                configuration: c.pageTableConfiguration(for: spec), frames: driver.frames)
         }
         return try state.withLock { s throws(IOMMUError) -> DeviceID in
             guard s.endpoints[endpointID] == nil else { throw IOMMUError(.alreadyExists, address: UInt64(endpointID)) }
@@ -444,7 +445,8 @@ public final class VirtioIOMMUDevice: Sendable {
             let domain = try core.allocateDomain(type: .identity, for: endpoint.device)
             return VirtioDomainRecord(id: id, isBypass: true, spec: nil, iommuDomain: domain, ops: nil, walker: nil)
         }
-        driver.pending.withLock { $0 = (endpoint.table, configuration.tableInputBits, configuration.outputAddressBits) }
+        let tableConfiguration = configuration.pageTableConfiguration(for: endpoint.table)
+        driver.pending.withLock { $0 = (endpoint.table, tableConfiguration) }
         defer { driver.pending.withLock { $0 = nil } }
         let domain = try core.allocateDomain(type: .unmanaged, for: endpoint.device)
         guard let ops = domain.ops as? VirtioDomainOps else {
@@ -455,12 +457,14 @@ public final class VirtioIOMMUDevice: Sendable {
         do {
             walker = try HardwareWalker(
                 memory: memory, registers: ops.table.registers, isDART2: ops.table.kind == .appleDART2,
-                dartOutputBits: min(configuration.outputAddressBits, 42))
+                dartOutputBits: tableConfiguration.oas)
         } catch {
             try? core.freeDomain(domain)
             throw error
         }
-        return VirtioDomainRecord(id: id, isBypass: false, spec: endpoint.table, iommuDomain: domain, ops: ops, walker: walker)
+        let record = VirtioDomainRecord(id: id, isBypass: false, spec: endpoint.table, iommuDomain: domain, ops: ops, walker: walker)
+        record.lastIOVA = (UInt64(1) << UInt64(tableConfiguration.ias)) &- 1
+        return record
     }
 
     /// Frees a domain nobody is attached to any more (the table pages go back to the allocator).
