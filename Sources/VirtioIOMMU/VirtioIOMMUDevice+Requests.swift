@@ -49,8 +49,9 @@ extension VirtioIOMMUDevice {
         } else if readable.count < type.readableLength {
             status = .invalid
         } else {
+            // One lock for the request and its counter (the MAP/UNMAP hot path).
             status = state.withLock { s in
-                switch type {
+                let status: VirtioIOMMUStatus = switch type {
                 case .attach:
                     attach(&s, domainID: loadLE32(readable, 4), endpointID: loadLE32(readable, 8),
                            flags: loadLE32(readable, 12), reserved: loadLE32(readable, 16))
@@ -64,9 +65,13 @@ extension VirtioIOMMUDevice {
                 case .probe:
                     .invalid  // handled above
                 }
+                s.stats.requestsByStatus[Int(status.rawValue)] &+= 1
+                return status
             }
+            storeLE32(writable, tailOffset, UInt32(status.rawValue))  // status + zeroed reserved[3]
+            return UInt32(used)
         }
-        storeLE32(writable, tailOffset, UInt32(status.rawValue))  // status + zeroed reserved[3]
+        storeLE32(writable, tailOffset, UInt32(status.rawValue))
         state.withLock { $0.stats.requestsByStatus[Int(status.rawValue)] &+= 1 }
         return UInt32(used)
     }
@@ -222,11 +227,19 @@ extension VirtioIOMMUDevice {
         guard last >= first else { return .invalid }
         let range = domain.mappings.intersecting(first, last)
         guard !range.isEmpty else { return .ok }  // holes only (E16)
-        let victims = domain.mappings.items[range]
-        for mapping in victims where mapping.first < first || mapping.last > last { return .range }
-        if let error = unmapConsumers(victims, s.consumers) { return Self.status(for: error) }
-        for mapping in victims where !mapping.prot.isEmpty {
-            _ = domain.iommuDomain.unmap(iova: IOVA(mapping.first), length: mapping.last &- mapping.first &+ 1)
+        // Indices, not a slice: a live slice would make the removal below copy the array.
+        for index in range {
+            let mapping = domain.mappings.items[index]
+            if mapping.first < first || mapping.last > last { return .range }
+        }
+        if !s.consumers.isEmpty, let error = unmapConsumers(domain.mappings.items[range], s.consumers) {
+            return Self.status(for: error)
+        }
+        for index in range {
+            let mapping = domain.mappings.items[index]
+            if !mapping.prot.isEmpty {
+                _ = domain.iommuDomain.unmap(iova: IOVA(mapping.first), length: mapping.last &- mapping.first &+ 1)
+            }
         }
         domain.mappings.items.removeSubrange(range)
         return .ok
