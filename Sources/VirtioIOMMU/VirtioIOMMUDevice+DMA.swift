@@ -42,35 +42,19 @@ public enum VirtioTranslation: Hashable, Sendable {
 }
 
 extension VirtioIOMMUDevice {
-    /// An endpoint reads `buffer.count` bytes at `iova` (device → memory direction: a DMA read
-    /// of memory). Translation is piecewise (a buffer may span adjacent mappings), all pieces are
-    /// translated before any byte moves, and a fault moves nothing.
+    /// An endpoint reads `buffer.count` bytes at `iova` (a DMA read of memory). Translation is
+    /// piecewise (a buffer may span adjacent mappings and leaves); every piece is translated
+    /// before any byte moves, so a fault moves nothing. Allocation-free.
     public func endpointDMARead(endpoint: UInt32, iova: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> VirtioDMAOutcome {
-        switch translateRange(endpoint: endpoint, iova: iova, length: buffer.count, write: false) {
-        case .failure(let box): return box.outcome
-        case .success(let pieces):
-            var offset = 0
-            for piece in pieces {
-                let slice = UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<(offset + piece.length)])
-                do { try memory.read(piece.paddr, into: slice) } catch { return reportBusError(endpoint, iova, write: false) }
-                offset += piece.length
-            }
-            return .completed
+        moveBytes(endpoint: endpoint, iova: iova, length: buffer.count, write: false) { paddr, offset, length throws(IOMMUError) in
+            try memory.read(paddr, into: UnsafeMutableRawBufferPointer(rebasing: buffer[offset..<(offset + length)]))
         }
     }
 
     /// An endpoint writes `bytes` at `iova`. See `endpointDMARead`.
     public func endpointDMAWrite(endpoint: UInt32, iova: UInt64, from bytes: UnsafeRawBufferPointer) -> VirtioDMAOutcome {
-        switch translateRange(endpoint: endpoint, iova: iova, length: bytes.count, write: true) {
-        case .failure(let box): return box.outcome
-        case .success(let pieces):
-            var offset = 0
-            for piece in pieces {
-                let slice = UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + piece.length)])
-                do { try memory.write(piece.paddr, from: slice) } catch { return reportBusError(endpoint, iova, write: true) }
-                offset += piece.length
-            }
-            return .completed
+        moveBytes(endpoint: endpoint, iova: iova, length: bytes.count, write: true) { paddr, offset, length throws(IOMMUError) in
+            try memory.write(paddr, from: UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + length)]))
         }
     }
 
@@ -98,58 +82,79 @@ extension VirtioIOMMUDevice {
 
     // MARK: - Internals
 
-    struct Piece {
-        var paddr: PhysAddr
-        var length: Int
-    }
-
     enum PieceResult {
         case identity(length: UInt64)
         case translated(PhysAddr, length: UInt64)
         case fault(VirtioFaultEvent, IOMMUFaultReason)
     }
 
-    func translateRange(endpoint: UInt32, iova: UInt64, length: Int, write: Bool) -> Result<[Piece], VirtioDMAOutcomeBox> {
-        guard length > 0 else { return .success([]) }
-        guard !iova.addingReportingOverflow(UInt64(length) - 1).overflow else {
-            return .failure(VirtioDMAOutcomeBox(reportBusError(endpoint, iova, write: write)))
-        }
-        let result: Result<[Piece], FaultReport> = state.withLock { s in
-            var pieces: [Piece] = []
-            var address = iova
-            var remaining = UInt64(length)
-            while remaining > 0 {
-                let step: UInt64
-                let paddr: PhysAddr
-                switch translatePiece(s, endpoint, address, remaining: remaining, write: write) {
-                case .identity(let n):
-                    step = n
-                    paddr = PhysAddr(address)
-                case .translated(let pa, let n):
-                    step = n
-                    paddr = pa
-                case .fault(let fault, let reason):
-                    deliverFault(&s, fault)
-                    return .failure(FaultReport(fault: fault, reason: reason, device: s.endpoints[endpoint]?.device))
+    /// Translates `[iova, iova + length)` piece by piece, twice under the lock: first to find a
+    /// fault (nothing moves if there is one), then to move the bytes with `body(paddr, offset,
+    /// length)`. Faults go to eventq under the lock and to the core after it is released.
+    func moveBytes(
+        endpoint: UInt32, iova: UInt64, length: Int, write: Bool,
+        _ body: (PhysAddr, Int, Int) throws(IOMMUError) -> Void
+    ) -> VirtioDMAOutcome {
+        guard length > 0 else { return .completed }
+        let access = write ? VirtioIOMMUWire.faultFlagWrite : VirtioIOMMUWire.faultFlagRead
+        let physicalLimit = UInt64(1) << UInt64(memory.addressBits)
+        let report: FaultReport? = state.withLock { s in
+            func walk(moving: Bool) -> FaultReport? {
+                guard !iova.addingReportingOverflow(UInt64(length) &- 1).overflow else {
+                    // An access that wraps past 2^64: nothing can map it.
+                    let fault = VirtioFaultEvent(
+                        reason: VirtioIOMMUWire.faultReasonMapping, flags: access | VirtioIOMMUWire.faultFlagAddress,
+                        endpoint: endpoint, address: iova)
+                    return FaultReport(fault: fault, reason: .translation, device: s.endpoints[endpoint]?.device)
                 }
-                pieces.append(Piece(paddr: paddr, length: Int(step)))
-                address &+= step
-                remaining &-= step
+                var address = iova
+                var remaining = UInt64(length)
+                var offset = 0
+                while remaining > 0 {
+                    let step: UInt64
+                    let paddr: PhysAddr
+                    switch translatePiece(s, endpoint, address, remaining: remaining, write: write) {
+                    case .identity(let n):
+                        (step, paddr) = (n, PhysAddr(address))
+                    case .translated(let pa, let n):
+                        (step, paddr) = (n, pa)
+                    case .fault(let fault, let reason):
+                        return FaultReport(fault: fault, reason: reason, device: s.endpoints[endpoint]?.device)
+                    }
+                    // Outside the physical address space (identity far up, or an IOVA range that
+                    // wraps): a bus error, reported as a mapping fault at that address.
+                    guard paddr.rawValue < physicalLimit, step <= physicalLimit &- paddr.rawValue else {
+                        let fault = VirtioFaultEvent(
+                            reason: VirtioIOMMUWire.faultReasonMapping, flags: access | VirtioIOMMUWire.faultFlagAddress,
+                            endpoint: endpoint, address: address)
+                        return FaultReport(fault: fault, reason: .translation, device: s.endpoints[endpoint]?.device)
+                    }
+                    if moving {
+                        do throws(IOMMUError) { try body(paddr, offset, Int(step)) } catch {
+                            let fault = VirtioFaultEvent(
+                                reason: VirtioIOMMUWire.faultReasonMapping, flags: access | VirtioIOMMUWire.faultFlagAddress,
+                                endpoint: endpoint, address: address)
+                            return FaultReport(fault: fault, reason: .other, device: s.endpoints[endpoint]?.device)
+                        }
+                    }
+                    address &+= step
+                    remaining &-= step
+                    offset &+= Int(step)  // ≤ length by construction
+                }
+                return nil
             }
-            return .success(pieces)
+            let report = walk(moving: false) ?? walk(moving: true)
+            if let report { deliverFault(&s, report.fault) }
+            return report
         }
-        switch result {
-        case .success(let pieces): return .success(pieces)
-        case .failure(let report):
-            let fault = report.fault
-            if let device = report.device {
-                // Reported with no device lock held (lock order: the core's handlers may run).
-                core.reportFault(IOMMUFault(
-                    device: device, streamID: StreamID(endpoint), iova: IOVA(fault.address),
-                    isWrite: fault.flags & VirtioIOMMUWire.faultFlagWrite != 0, reason: report.reason))
-            }
-            return .failure(VirtioDMAOutcomeBox(.faulted(fault)))
+        guard let report else { return .completed }
+        if let device = report.device {
+            // Reported with no device lock held: the core runs fault handlers.
+            core.reportFault(IOMMUFault(
+                device: device, streamID: StreamID(endpoint), iova: IOVA(report.fault.address),
+                isWrite: write, reason: report.reason))
         }
+        return .faulted(report.fault)
     }
 
     /// Translates the piece of an access starting at `iova`: identity, a page-table translation
@@ -191,20 +196,6 @@ extension VirtioIOMMUDevice {
         }
     }
 
-    /// A translated access that leaves physical memory: reported as a mapping fault.
-    func reportBusError(_ endpoint: UInt32, _ iova: UInt64, write: Bool) -> VirtioDMAOutcome {
-        let access = write ? VirtioIOMMUWire.faultFlagWrite : VirtioIOMMUWire.faultFlagRead
-        let fault = VirtioFaultEvent(
-            reason: VirtioIOMMUWire.faultReasonMapping, flags: access | VirtioIOMMUWire.faultFlagAddress, endpoint: endpoint, address: iova)
-        state.withLock { deliverFault(&$0, fault) }
-        return .faulted(fault)
-    }
-}
-
-/// Wraps an outcome so it can be a `Result` failure.
-struct VirtioDMAOutcomeBox: Error {
-    let outcome: VirtioDMAOutcome
-    init(_ outcome: VirtioDMAOutcome) { self.outcome = outcome }
 }
 
 struct FaultReport: Error {

@@ -60,6 +60,14 @@ import Testing
         #expect(lines.contains("unmap: IOMMU: iova=0x0000000000001000 - 0x0000000000002000 size=4096 unmapped_size=4096"))
     }
 
+    @Test func bypassDMAOutsideThePhysicalAddressSpaceOrWrappingFaultsAndMovesNothing() throws {
+        let h = try Harness(VirtioIOMMUConfiguration(bootBypass: true))
+        #expect(h.dmaWrite(1, 1 << 60, [1]).fault == VirtioFaultEvent(reason: 2, flags: 0x102, endpoint: 1, address: 1 << 60))
+        #expect(h.dmaRead(1, .max - 1, 4).outcome.fault?.address == UInt64.max - 1)
+        #expect(h.dmaWrite(1, (1 << 48) - 2, [1, 2, 3, 4]).fault != nil)
+        #expect(try h.memory.readBytes(PhysAddr((1 << 48) - 2), count: 2) == [0, 0])
+    }
+
     @Test func concurrentDMAAndRequestsStayConsistent() async throws {
         let h = try Harness()
         h.attach(1, 1)
