@@ -143,6 +143,20 @@ extension VirtioIOMMUDevice {
                 }
                 return nil
             }
+            // Fast path: the whole access is one piece (one leaf, or identity) — walk once.
+            if !iova.addingReportingOverflow(UInt64(length) &- 1).overflow {
+                let single: PhysAddr? = switch translatePiece(s, endpoint, iova, remaining: UInt64(length), write: write) {
+                case .identity(let n): n == UInt64(length) ? PhysAddr(iova) : nil
+                case .translated(let pa, let n): n == UInt64(length) ? pa : nil
+                case .fault: nil
+                }
+                if let single, single.rawValue < physicalLimit, UInt64(length) <= physicalLimit &- single.rawValue {
+                    do throws(IOMMUError) {
+                        try body(single, 0, length)
+                        return nil
+                    } catch {}  // fall through: the general path reports it
+                }
+            }
             let report = walk(moving: false) ?? walk(moving: true)
             if let report { deliverFault(&s, report.fault) }
             return report
