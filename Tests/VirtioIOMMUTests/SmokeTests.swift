@@ -12,6 +12,5 @@ import Testing
         #expect(h.device.mappingConsistencyViolations() == [])
         h.expectOK(h.unmap(7, 0x10_0000, 0x10_0FFF))
         #expect(h.dmaWrite(1, 0x10_0010, [1]).fault?.reason == 2)
-        print(h.device.debugDescription)
     }
 }
