@@ -34,8 +34,13 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "VirtioIOMMU",
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOMMUCore"],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "IOMMUKit",
-            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "VFIOType1"],
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "VFIOType1", "VirtioIOMMU"],
             swiftSettings: strictSettings
         ),
 
@@ -84,6 +89,11 @@ let package = Package(
         .testTarget(
             name: "IOMMUCoreTests",
             dependencies: ["IOMMUCore", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "VirtioIOMMUTests",
+            dependencies: ["VirtioIOMMU", "IOMMUTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -112,6 +112,17 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
     case vfioUnpinPagesMisuse(iova: IOVA, count: Int)
     /// An IOMMU-mapped page had no translation while unmapping. Linux: `WARN_ON(!phys)`, skips a page.
     case vfioMissingTranslation(iova: IOVA)
+    // MARK: virtio-iommu device
+
+    /// The driver wrote a configuration byte it may not write (a read-only field, `bypass`
+    /// without BYPASS_CONFIG negotiated, or a value other than 0/1); the write was ignored.
+    case virtioConfigWriteIgnored(offset: Int, value: UInt8)
+    /// A fault record could not be delivered: no event buffer (`bufferLength` -1) or one smaller
+    /// than the 24-byte record. The record was dropped.
+    case virtioEventDropped(endpoint: UInt32, bufferLength: Int)
+    /// An external mapping consumer failed to apply an unmap the device could not refuse (device
+    /// reset); the device's own state went ahead.
+    case virtioConsumerUnmapFailed(domain: UInt32, iova: IOVA, errno: Int32)
 
     public var description: String {
         func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
@@ -190,6 +201,14 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
             return "vfio: no translation for mapped iova \(iova) while unmapping"
         case let .deviceRequiresDirectMapping(device):
             return "\(device): Firmware has requested this device have a 1:1 IOMMU mapping, rejecting configuring the device without a 1:1 mapping. Contact your platform vendor."
+        case let .virtioConfigWriteIgnored(offset, value):
+            return "virtio-iommu: ignored config write of \(hex(UInt64(value))) at offset \(offset)"
+        case let .virtioEventDropped(endpoint, bufferLength):
+            return bufferLength < 0
+                ? "virtio-iommu: fault event for endpoint \(endpoint) dropped: no event buffer"
+                : "virtio-iommu: fault event for endpoint \(endpoint) dropped: event buffer of \(bufferLength) bytes"
+        case let .virtioConsumerUnmapFailed(domain, iova, errno):
+            return "virtio-iommu: mapping consumer failed to unmap \(iova) of domain \(domain) (errno \(errno))"
         }
     }
 }
