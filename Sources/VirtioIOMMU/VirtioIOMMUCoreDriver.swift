@@ -18,9 +18,9 @@ final class VirtioIOMMUCoreDriver: IOMMUDriver {
     let pageSizes: PageSizeBitmap
     /// Format, granule and address sizes of the next paging domain; set by the device (under its
     /// own lock) right before it asks the core to allocate a domain.
-    let pending = Mutex<(spec: VirtioTableSpec, configuration: PageTableConfiguration)?>(nil)
+    let pending = IOMMUMutex<(spec: VirtioTableSpec, configuration: PageTableConfiguration)?>(nil)
     /// Reserved regions per core device (the driver's `get_resv_regions`).
-    let regions = Mutex<[DeviceID: [ReservedRegion]]>([:])
+    let regions = IOMMUMutex<[DeviceID: [ReservedRegion]]>([:])
 
     init(frames: FrameAllocator, warnings: any WarningSink, pageSizes: PageSizeBitmap) {
         self.frames = frames

@@ -108,7 +108,7 @@ public final class VirtioIOMMUDevice: Sendable {
     public let warnings: any WarningSink
     let driver: VirtioIOMMUCoreDriver
     let owner = DMAOwner(0x7669_7274_696F)  // "virtio"
-    let state: Mutex<VirtioDeviceState>
+    let state: IOMMUMutex<VirtioDeviceState>
 
     /// Creates the device and registers its IOMMU instance in `core`.
     ///
@@ -140,7 +140,7 @@ public final class VirtioIOMMUDevice: Sendable {
         self.core = core ?? IOMMUCore(warnings: warnings)
         self.driver = VirtioIOMMUCoreDriver(
             frames: frames, warnings: warnings, pageSizes: PageSizeBitmap(rawValue: c.pageSizeMask))
-        self.state = Mutex(VirtioDeviceState(bypass: c.bootBypass ? 1 : 0))
+        self.state = IOMMUMutex(VirtioDeviceState(bypass: c.bootBypass ? 1 : 0))
         _ = try self.core.registerIOMMU(name: Self.instanceName, driver: driver)
     }
 
