@@ -29,8 +29,13 @@ let package = Package(
         .target(name: "IOVAAllocator", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
         .target(name: "IOMMUCore", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
         .target(
+            name: "IOMMUHardware",
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOMMUCore"],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "IOMMUKit",
-            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore"],
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "IOMMUHardware"],
             swiftSettings: strictSettings
         ),
 
@@ -79,6 +84,11 @@ let package = Package(
         .testTarget(
             name: "IOMMUCoreTests",
             dependencies: ["IOMMUCore", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IOMMUHardwareTests",
+            dependencies: ["IOMMUHardware", "IOMMUTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

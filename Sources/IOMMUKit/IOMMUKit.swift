@@ -4,3 +4,4 @@
 @_exported import IOPageTable
 @_exported import IOVAAllocator
 @_exported import IOMMUCore
+@_exported import IOMMUHardware
