@@ -13,8 +13,8 @@ public struct SMMUConfiguration: Hashable, Sendable {
     public var contextBankCount: Int = 8
     /// The lowest context banks that can only do stage 2 (ID1.NUMS2CB).
     public var stage2OnlyContextBankCount: Int = 0
-    /// Stream ID width (ID0.NUMSIDB, 1...16).
-    public var streamIDBits: Int = 16
+    /// Stream ID width (ID0.NUMSIDB, a 4-bit field: 1...15; 16-bit IDs need EXIDS, not modelled).
+    public var streamIDBits: Int = 15
     /// SMR mask bits implemented (at most 15 without EXIDS); the driver finds them by writing
     /// all-ones to an SMR and reading back.
     public var smrMaskBits: Int = 15
@@ -156,7 +156,7 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
         precondition((0...128).contains(configuration.streamMatchRegisterCount), "at most 128 SMRs")
         precondition((1...128).contains(configuration.contextBankCount), "1...128 context banks")
         precondition((0...configuration.contextBankCount).contains(configuration.stage2OnlyContextBankCount))
-        precondition((1...16).contains(configuration.streamIDBits), "NUMSIDB is 1...16")
+        precondition((1...15).contains(configuration.streamIDBits), "NUMSIDB is 1...15")
         precondition((0...15).contains(configuration.smrMaskBits), "SMR mask is at most 15 bits")
         self.configuration = configuration
         self.memory = memory
