@@ -4,7 +4,7 @@ import IOPageTable
 import PhysicalMemory
 import Synchronization
 
-/// The Linux `apple-dart` driver for the `AppleDART` model.
+/// The Linux `apple-dart` driver for the `DART` model.
 ///
 /// Page size from DART_PARAMS1, bypass support from DART_PARAMS2. With a DART page larger than
 /// the CPU page (16 KiB DART, 4 KiB kernel) bypass is forced: `defaultDomainType` is identity.
@@ -29,7 +29,7 @@ public final class AppleDARTDriver: IOMMUDriver, DARTInterruptHandler, @unchecke
     }
 
     public let name = "apple-dart"
-    public let dart: AppleDART
+    public let dart: DART
     public let options: Options
     unowned let core: IOMMUCore
     let warnings: any WarningSink
@@ -45,7 +45,7 @@ public final class AppleDARTDriver: IOMMUDriver, DARTInterruptHandler, @unchecke
 
     public var pageSizes: PageSizeBitmap { PageSizeBitmap([pageSize]) }
 
-    public init(dart: AppleDART, core: IOMMUCore, frames: FrameAllocator, options: Options = Options()) {
+    public init(dart: DART, core: IOMMUCore, frames: FrameAllocator, options: Options = Options()) {
         self.dart = dart
         self.core = core
         self.warnings = core.warnings
@@ -161,7 +161,7 @@ public final class AppleDARTDriver: IOMMUDriver, DARTInterruptHandler, @unchecke
     }
 
     /// Linux: `apple_dart_irq` (which only logs); here the fault is also reported to the core.
-    public func dartFault(_ dart: AppleDART) {
+    public func dartFault(_ dart: DART) {
         let (status, address) = dart.readError()
         guard status & DARTRegister.errorFlag != 0 else { return }
         let stream = Int((status >> DARTRegister.errorStreamShift) & 0xF)
@@ -247,7 +247,7 @@ public final class DARTDomainOps: IOMMUDomainOps, @unchecked Sendable {
 
 /// DART TLB maintenance: per stream set, no per-address invalidation (Linux: `apple_dart_tlb_*`).
 struct DARTInvalidator: TLBInvalidator {
-    let dart: AppleDART
+    let dart: DART
     let streamMask: UInt32
     mutating func flushAll() { dart.invalidateTLB(streamMask: streamMask) }
     mutating func flushWalk(iova: IOVA, size: UInt64, granule: UInt64) { dart.invalidateTLB(streamMask: streamMask) }

@@ -15,6 +15,8 @@ final class TestMachine: @unchecked Sendable {
     let core: IOMMUCore
     var smmus: [String: ARMSMMU] = [:]
     var drivers: [String: ARMSMMUDriver] = [:]
+    var darts: [String: DART] = [:]
+    var dartDrivers: [String: AppleDARTDriver] = [:]
     var platform: DMAPlatform!
 
     init(cpuPageSize: PageSize = .size4K, defaultDomainType: IOMMUDomainType = .dma) {
@@ -44,8 +46,27 @@ final class TestMachine: @unchecked Sendable {
         return driver
     }
 
+    @discardableResult
+    func addDART(_ name: String, _ configure: (inout DARTConfiguration) -> Void = { _ in }) -> DART {
+        var configuration = DARTConfiguration()
+        configure(&configuration)
+        let dart = DART(name: name, memory: memory, configuration: configuration, warnings: warnings)
+        darts[name] = dart
+        rebuildPlatform()
+        return dart
+    }
+
+    @discardableResult
+    func registerDART(_ name: String, options: AppleDARTDriver.Options = .init()) throws -> AppleDARTDriver {
+        let driver = AppleDARTDriver(dart: darts[name]!, core: core, frames: frames, options: options)
+        dartDrivers[name] = driver
+        try core.registerIOMMU(name: name, driver: driver)
+        return driver
+    }
+
     func rebuildPlatform() {
-        platform = DMAPlatform(memory: memory, core: core, hardware: Array(smmus.values) as [any DMATranslatingHardware])
+        platform = DMAPlatform(memory: memory, core: core,
+                               hardware: (Array(smmus.values) as [any DMATranslatingHardware]) + (Array(darts.values) as [any DMATranslatingHardware]))
     }
 
     /// A 4 KiB data page in RAM filled with `byte`.

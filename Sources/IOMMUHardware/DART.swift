@@ -50,12 +50,12 @@ public struct DARTStreamRegisters: Hashable, Sendable {
 
 /// What a DART signals to its driver.
 public protocol DARTInterruptHandler: AnyObject, Sendable {
-    func dartFault(_ dart: AppleDART)
+    func dartFault(_ dart: DART)
 }
 
 /// A model of an Apple DART: per-stream TCR and TTBRs, a two-level 16 KiB table walked by
 /// `HardwareWalker` from the TTBR values, a TLB tagged by stream, one error register.
-public final class AppleDART: DMATranslatingHardware, @unchecked Sendable {
+public final class DART: DMATranslatingHardware, @unchecked Sendable {
     // @unchecked: mutable state lives in `state`.
     public let configuration: DARTConfiguration
     public let memory: PhysicalMemory
