@@ -297,7 +297,7 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
     enum Step {
         case bypass
         case translated(physicalAddress: UInt64, leafShift: Int, hit: Bool, stale: Bool)
-        case fault(SMMUFaultRecord, notify: Notify)
+        case fault(SMMUFaultRecord, notify: Notify, staleHit: Bool = false)
     }
 
     enum Notify { case none, context(Int), global, stream }
@@ -386,7 +386,9 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
             if entry.mappingRemoved { s.tlb.statistics.staleHits &+= 1 }
             let allowed = (write ? entry.writable : entry.readable) && (!entry.privilegedOnly || effectivePrivileged)
             if !allowed {
-                return contextFault(&s, bank: bank, sid: sid, address: address, write: write, kind: .permission, level: 3)
+                guard case let .fault(record, notify, _) = contextFault(&s, bank: bank, sid: sid, address: address, write: write, kind: .permission, level: 3)
+                else { preconditionFailure("contextFault returns a fault") }
+                return .fault(record, notify: notify, staleHit: entry.mappingRemoved)
             }
             let offset = address & ((UInt64(1) << UInt64(entry.leafShift)) &- 1)
             return .translated(physicalAddress: entry.physicalBase | offset, leafShift: Int(entry.leafShift), hit: true, stale: entry.mappingRemoved)
@@ -463,8 +465,9 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
             if hit { outcome.tlbHits = 1 } else { outcome.tlbMisses = 1 }
             if stale { outcome.staleTLBHits = 1 }
             return (pa, outcome)
-        case let .fault(record, notify):
+        case let .fault(record, notify, staleHit):
             outcome.fault = record.fault
+            if staleHit { outcome.staleTLBHits = 1 }
             signal(notify, record)
             return (nil, outcome)
         }
@@ -528,8 +531,9 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
                     }
                     remaining -= chunk
                     current &+= UInt64(chunk)
-                case let .fault(record, n):
+                case let .fault(record, n, staleHit):
                     result.outcome.fault = record.fault
+                    if staleHit { result.outcome.staleTLBHits += 1 }
                     notify = n
                     faultRecord = record
                     return (result, notify, faultRecord)

@@ -138,7 +138,7 @@ public final class DART: DMATranslatingHardware, @unchecked Sendable {
     enum Step {
         case bypass
         case translated(physicalAddress: UInt64, leafShift: Int, hit: Bool, stale: Bool)
-        case fault(DMAFault)
+        case fault(DMAFault, staleHit: Bool = false)
     }
 
     func fault(_ s: inout State, stream: Int, address: UInt64, write: Bool, code: UInt32, reason: IOMMUFaultReason, level: Int?) -> Step {
@@ -167,8 +167,10 @@ public final class DART: DMATranslatingHardware, @unchecked Sendable {
             s.tlb.statistics.hits &+= 1
             if e.mappingRemoved { s.tlb.statistics.staleHits &+= 1 }
             guard write ? e.writable : e.readable else {
-                return fault(&s, stream: stream, address: address, write: write,
-                             code: write ? DARTRegister.errorWriteFault : DARTRegister.errorReadFault, reason: .permission, level: 2)
+                guard case .fault(let f, _) = fault(&s, stream: stream, address: address, write: write,
+                                                    code: write ? DARTRegister.errorWriteFault : DARTRegister.errorReadFault, reason: .permission, level: 2)
+                else { preconditionFailure("fault returns a fault") }
+                return .fault(f, staleHit: e.mappingRemoved)
             }
             let offset = address & ((UInt64(1) << UInt64(e.leafShift)) &- 1)
             return .translated(physicalAddress: e.physicalBase | offset, leafShift: Int(e.leafShift), hit: true, stale: e.mappingRemoved)
@@ -232,8 +234,9 @@ public final class DART: DMATranslatingHardware, @unchecked Sendable {
                     }
                     remaining -= chunk
                     current &+= UInt64(chunk)
-                case .fault(let f):
+                case let .fault(f, staleHit):
                     result.outcome.fault = f
+                    if staleHit { result.outcome.staleTLBHits += 1 }
                     return result
                 }
             }
