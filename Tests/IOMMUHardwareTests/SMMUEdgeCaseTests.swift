@@ -353,3 +353,65 @@ final class RecordingFaults: @unchecked Sendable {
 }
 
 import Synchronization
+
+@Suite("SMMU configurations and concurrency")
+struct SMMUConfigurationTests {
+    @Test func streamIndexingUsesTheStreamIDAsTheEntryIndex() throws {
+        let m = TestMachine()
+        let smmu = m.addSMMU("smmu0") { $0.streamMatchRegisterCount = 0; $0.streamIDBits = 4 }
+        let driver = try m.registerSMMU("smmu0")
+        let dev = try m.core.addDevice(platformDevice("a", "smmu0", 9))
+        #expect(driver.streamMapIndices(of: dev) == [9])
+        #expect(smmu.registerSnapshot().s2crs.count == 16 && smmu.registerSnapshot().s2crs[9].type == .translate)
+        let domain = try #require(m.core.domain(for: dev))
+        try domain.map(iova: IOVA(0x1000), paddr: m.dataPage(filledWith: 2), length: 4096, prot: .read)
+        #expect(m.platform.dmaRead(device: dev, address: 0x1000, length: 1).bytes == [2])
+        // Another stream index is its own (initial, FAULT) entry.
+        #expect(smmu.dmaRead(streamID: StreamID(3), address: 0x1000, length: 1).outcome.fault?.reason == .blocked)
+    }
+
+    @Test func granuleFollowsTheCPUPage() throws {
+        let m = TestMachine(cpuPageSize: .size64K)
+        let smmu = m.addSMMU("smmu0")
+        try m.registerSMMU("smmu0")
+        let dev = try m.core.addDevice(platformDevice("a", "smmu0", 1))
+        let domain = try #require(m.core.domain(for: dev))
+        #expect(domain.pageSizes == PageSizeBitmap([.size64K, .size512M]))
+        let frame = try m.frames.allocate(.size64K)
+        try m.memory.fill(frame, length: 65536, with: 0x64)
+        try domain.map(iova: IOVA(0x10_0000), paddr: frame, length: 65536, prot: [.read])
+        let (bytes, outcome) = smmu.dmaRead(streamID: StreamID(1), address: 0x10_FFFF, length: 1)
+        #expect(bytes == [0x64] && outcome.tlbMisses == 1)
+        #expect(smmu.tlbEntries.first?.leafShift == 16)
+    }
+
+    @Test func concurrentDMAMapUnmapAndFaultsDoNotDeadlock() async throws {
+        let m = TestMachine()
+        let smmu = m.addSMMU("smmu0") { $0.tlbEntryCount = 16 }
+        try m.registerSMMU("smmu0")
+        let dev = try m.core.addDevice(platformDevice("a", "smmu0", 1))
+        let domain = try #require(m.core.domain(for: dev))
+        let frames = (0..<8).map { _ in m.dataPage(filledWith: 1) }
+        let platform = m.platform!
+        let core = m.core
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for i in 0..<2000 {
+                    let va = UInt64(0x10_0000 + (i % 8) << 12)
+                    try? domain.map(iova: IOVA(va), paddr: frames[i % 8], length: 4096, prot: [.read, .write])
+                    _ = domain.unmap(iova: IOVA(va), length: 4096)
+                }
+            }
+            for t in 0..<2 {
+                group.addTask {
+                    for i in 0..<2000 {
+                        _ = platform.dmaRead(device: dev, address: UInt64(0x10_0000 + ((i + t) % 8) << 12), length: 8)
+                        if i % 100 == 0 { _ = core.groupID(of: dev) }
+                    }
+                }
+            }
+        }
+        #expect(smmu.tlbStatistics.hits + smmu.tlbStatistics.misses > 0)
+        #expect(domain.faultCount > 0)
+    }
+}
