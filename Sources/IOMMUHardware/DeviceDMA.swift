@@ -166,20 +166,30 @@ public final class DMAPlatform: Sendable {
     /// The hardware model registered under a firmware name.
     public func hardware(named name: String) -> (any DMATranslatingHardware)? { instances[name] }
 
-    /// Where a device's DMA enters: its IOMMU model and stream ID (the low 16 bits of its first
-    /// firmware ID), or nil for a device behind no IOMMU (or an unknown device).
-    public func route(of device: DeviceID) -> (hardware: any DMATranslatingHardware, streamID: StreamID)?? {
-        guard let info = core.deviceInfo(device) else { return nil }
-        guard let spec = info.iommu, let first = spec.streamIDs.first else { return .some(nil) }
-        guard let model = instances[spec.iommu] else { return nil }
-        return .some((model, StreamID(first.rawValue & 0xFFFF)))
+    /// Where a device's DMA enters.
+    public enum Route: Sendable {
+        /// Through an IOMMU model, with this stream ID (the low 16 bits of the device's first
+        /// firmware ID).
+        case iommu(any DMATranslatingHardware, StreamID)
+        /// Straight to physical memory: the device is behind no IOMMU.
+        case direct
+        /// Unknown device, or its IOMMU has no model on this platform.
+        case none
+    }
+
+    /// Where `device`'s DMA enters.
+    public func route(of device: DeviceID) -> Route {
+        guard let info = core.deviceInfo(device) else { return .none }
+        guard let spec = info.iommu, let first = spec.streamIDs.first else { return .direct }
+        guard let model = instances[spec.iommu] else { return .none }
+        return .iommu(model, StreamID(first.rawValue & 0xFFFF))
     }
 
     /// Reads `buffer.count` bytes at `address` as `device`.
     public func dmaRead(device: DeviceID, address: UInt64, into buffer: UnsafeMutableRawBufferPointer, privileged: Bool = false) -> DMAOutcome {
         switch route(of: device) {
-        case .some(.some(let r)): return r.hardware.dmaRead(streamID: r.streamID, address: address, into: buffer, privileged: privileged)
-        case .some(.none):
+        case let .iommu(hardware, streamID): return hardware.dmaRead(streamID: streamID, address: address, into: buffer, privileged: privileged)
+        case .direct:
             do throws(IOMMUError) {
                 try memory.read(PhysAddr(address), into: buffer)
                 return DMAOutcome(bytesMoved: buffer.count, bypassed: true)
@@ -194,8 +204,8 @@ public final class DMAPlatform: Sendable {
     /// Writes `bytes` at `address` as `device`.
     public func dmaWrite(device: DeviceID, address: UInt64, from bytes: UnsafeRawBufferPointer, privileged: Bool = false) -> DMAOutcome {
         switch route(of: device) {
-        case .some(.some(let r)): return r.hardware.dmaWrite(streamID: r.streamID, address: address, from: bytes, privileged: privileged)
-        case .some(.none):
+        case let .iommu(hardware, streamID): return hardware.dmaWrite(streamID: streamID, address: address, from: bytes, privileged: privileged)
+        case .direct:
             do throws(IOMMUError) {
                 try memory.write(PhysAddr(address), from: bytes)
                 return DMAOutcome(bytesMoved: bytes.count, bypassed: true)

@@ -50,3 +50,17 @@ struct SMMUBasicTests {
         #expect(m.warnings.warnings.contains { if case .smmuUnhandledContextFault = $0 { true } else { false } })
     }
 }
+
+@Suite("DMA platform")
+struct DMAPlatformTests {
+    @Test func deviceBehindNoIOMMUReachesMemoryDirectly() throws {
+        let m = TestMachine()
+        let dev = try m.core.addDevice(.platform("uart", iommu: nil))
+        let page = m.dataPage(filledWith: 0x11)
+        guard case .direct = m.platform.route(of: dev) else { Issue.record("expected a direct route"); return }
+        let (bytes, outcome) = m.platform.dmaRead(device: dev, address: page.rawValue, length: 2)
+        #expect(bytes == [0x11, 0x11] && outcome.bypassed)
+        guard case .none = m.platform.route(of: DeviceID(999)) else { Issue.record("unknown device routed"); return }
+        #expect(m.platform.dmaRead(device: DeviceID(999), address: 0, length: 1).outcome.fault?.reason == .other)
+    }
+}
