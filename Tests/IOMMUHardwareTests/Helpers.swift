@@ -24,6 +24,7 @@ final class TestMachine: @unchecked Sendable {
         frames = FrameAllocator(memory: memory)
         core = IOMMUCore(configuration: IOMMUCoreConfiguration(cpuPageSize: cpuPageSize, defaultDomainType: defaultDomainType),
                          warnings: warnings, trace: trace)
+        rebuildPlatform()
     }
 
     /// Creates an SMMU model (not yet driven or registered).
