@@ -20,11 +20,14 @@ struct DMAPropertyTests {
     static let pageCount: UInt64 = 48
     static let blockBase: UInt64 = 0x4000_0000  // two 2M block slots
 
-    @Test(arguments: TestSupport.propertySeeds)
-    func randomDMAAgreesWithTheDomainModel(seed: UInt64) throws {
+    /// Every seed with a stage-1 SMMU, and the first two with a stage-2-only SMMU (VTTBR/VTCR walks).
+    static let cases: [(UInt64, Bool)] = TestSupport.propertySeeds.map { ($0, false) } + TestSupport.propertySeeds.prefix(2).map { ($0, true) }
+
+    @Test(arguments: cases)
+    func randomDMAAgreesWithTheDomainModel(seed: UInt64, stage2: Bool) throws {
         var rng = SplitMix64(seed: seed)
         let m = TestMachine()
-        let smmu = m.addSMMU("smmu0") { $0.tlbEntryCount = 8 }
+        let smmu = m.addSMMU("smmu0") { $0.tlbEntryCount = 8; $0.supportsStage1 = !stage2 }
         try m.registerSMMU("smmu0")
         let dev = try m.core.addDevice(platformDevice("dev", "smmu0", 0x42))
         let domain = try #require(m.core.domain(for: dev))
