@@ -91,6 +91,7 @@ public struct SMMURegisterSnapshot: Hashable, Sendable {
     public var sgfsynr0: UInt32
     public var sgfsynr1: UInt32
     public var sgfsynr2: UInt32
+    public var sgfar: UInt64
     public var smrs: [StreamMatchRegister]
     public var s2crs: [StreamToContextRegister]
     public var contextBanks: [ContextBankRegisters]
@@ -126,6 +127,7 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
         var sgfsynr0: UInt32 = 0
         var sgfsynr1: UInt32 = 0
         var sgfsynr2: UInt32 = 0
+        var sgfar: UInt64 = 0
         var smrs: [UInt32]
         var s2crs: [UInt32]
         var banks: [ContextBankRegisters]
@@ -191,9 +193,9 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
     public func readSCR0() -> UInt32 { state.withLock { $0.scr0 } }
     public func writeSCR0(_ value: UInt32) { state.withLock { $0.scr0 = value } }
 
-    /// sGFSR and the three syndromes.
-    public func readGlobalFaultStatus() -> (gfsr: UInt32, gfsynr0: UInt32, gfsynr1: UInt32, gfsynr2: UInt32) {
-        state.withLock { ($0.sgfsr, $0.sgfsynr0, $0.sgfsynr1, $0.sgfsynr2) }
+    /// sGFSR, the three syndromes and sGFAR (GR0 0x040, the faulting address).
+    public func readGlobalFaultStatus() -> (gfsr: UInt32, gfsynr0: UInt32, gfsynr1: UInt32, gfsynr2: UInt32, gfar: UInt64) {
+        state.withLock { ($0.sgfsr, $0.sgfsynr0, $0.sgfsynr1, $0.sgfsynr2, $0.sgfar) }
     }
 
     /// Write-one-to-clear sGFSR.
@@ -286,7 +288,7 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
         state.withLock { s in
             SMMURegisterSnapshot(
                 scr0: s.scr0, id0: configuration.id0, id1: configuration.id1, id2: configuration.id2,
-                sgfsr: s.sgfsr, sgfsynr0: s.sgfsynr0, sgfsynr1: s.sgfsynr1, sgfsynr2: s.sgfsynr2,
+                sgfsr: s.sgfsr, sgfsynr0: s.sgfsynr0, sgfsynr1: s.sgfsynr1, sgfsynr2: s.sgfsynr2, sgfar: s.sgfar,
                 smrs: s.smrs.map(StreamMatchRegister.init(raw:)), s2crs: s.s2crs.map(StreamToContextRegister.init(raw:)),
                 contextBanks: s.banks)
         }
@@ -337,6 +339,7 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
             s.sgfsynr0 = isWrite ? 1 << 1 : 0
             s.sgfsynr1 = sid & 0xFFFF
             s.sgfsynr2 = 0
+            s.sgfar = address
         }
         let record = SMMUFaultRecord(kind: .global, fault: DMAFault(streamID: StreamID(sid), address: address, isWrite: isWrite, reason: reason), status: s.sgfsr)
         recordFault(&s, record)

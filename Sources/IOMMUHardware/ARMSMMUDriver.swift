@@ -453,8 +453,7 @@ public final class ARMSMMUDriver: IOMMUDriver, SMMUInterruptHandler, @unchecked 
         if options.disableBypass && status.gfsr & SMMURegister.sGFSRUSF != 0 {
             warnings.warn(.smmuBlockedUnknownStream(streamID: StreamID(sid)))
             if let device = core.device(onIOMMU: smmu.instanceName, streamID: StreamID(sid)) ?? device(forStream: sid) {
-                let faultAddress = smmu.faultLog.last?.fault.address ?? 0
-                core.reportFault(IOMMUFault(device: device, streamID: StreamID(sid), iova: IOVA(faultAddress),
+                core.reportFault(IOMMUFault(device: device, streamID: StreamID(sid), iova: IOVA(status.gfar),
                                             isWrite: status.gfsynr0 & 2 != 0, reason: .unidentifiedStream))
             }
         } else {

@@ -107,6 +107,7 @@ struct SMMUEdgeCaseTests {
         #expect(status.gfsr == SMMURegister.sGFSRUSF)
         #expect(status.gfsynr1 == 0x1234)
         #expect(status.gfsynr0 & 2 != 0)  // write
+        #expect(status.gfar == 0x8000_0000)
         _ = smmu.dmaWrite(streamID: StreamID(0x99), address: 0x8000_0000, bytes: [1])
         #expect(smmu.readGlobalFaultStatus().gfsr == SMMURegister.sGFSRUSF | SMMURegister.sGFSRMULTI)
         #expect(smmu.readGlobalFaultStatus().gfsynr1 == 0x1234)  // first fault kept
@@ -143,6 +144,8 @@ struct SMMUEdgeCaseTests {
         #expect(m.core.probeState(of: a) == .probed)
         #expect(driver.contextBanksInUse == [2])  // S1 banks start at NUMS2CB
         #expect(m.core.probeState(of: b) == .probeFailed(.noSpace))
+        // The failed probe was unwound: b's stream-map entry is free again.
+        #expect(driver.streamMapEntries.filter(\.smr.valid).map(\.smr.id) == [1])
         // Identity domains need no bank.
         let identityDomain = try m.core.allocateDomain(type: .identity, for: a)
         try m.core.attachDevice(identityDomain, to: a)
