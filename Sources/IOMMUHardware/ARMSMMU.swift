@@ -142,6 +142,9 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
     }
 
     let state: Mutex<State>
+    /// Hot-path copies of configuration values (no struct copy on the DMA path).
+    let streamKeyMask: UInt32
+    let streamIndexing: Bool
     private let handlerBox = Mutex<WeakHandler>(WeakHandler())
     struct WeakHandler { weak var handler: (any SMMUInterruptHandler)? }
 
@@ -164,6 +167,8 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
         self.memory = memory
         self.instanceName = name
         self.warnings = warnings
+        self.streamKeyMask = UInt32((1 << configuration.streamIDBits) - 1)
+        self.streamIndexing = configuration.streamMatchRegisterCount == 0
         let entries = configuration.streamMatchRegisterCount > 0 ? configuration.streamMatchRegisterCount : 1 << configuration.streamIDBits
         let banks = configuration.contextBankCount
         state = Mutex(State(
@@ -307,11 +312,11 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
     /// The S2CR index for a stream, from the cached lookup (-1 unmatched, -3 conflict).
     @inline(__always)
     func streamEntry(_ s: inout State, _ sid: UInt32) -> Int32 {
-        let key = Int(sid & UInt32((1 << configuration.streamIDBits) - 1))
+        let key = Int(sid & streamKeyMask)
         let cached = s.streamLookup[key]
         if cached != -2 { return cached }
         var found: Int32 = -1
-        if configuration.streamMatchRegisterCount == 0 {
+        if streamIndexing {
             found = Int32(key)
         } else {
             for i in 0..<s.smrs.count {
@@ -374,14 +379,14 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
         guard bank < s.banks.count else {
             return globalFault(&s, bits: SMMURegister.sGFSRUCBF, sid: sid, address: address, isWrite: write, reason: .other)
         }
-        let registers = s.banks[bank]
-        guard registers.isEnabled else {
+        let sctlr = s.banks[bank].sctlr
+        guard sctlr & SMMURegister.sctlrM != 0 else {
             warnings.warn(.smmuContextBankDisabledBypass(streamID: StreamID(sid), contextBank: bank, address: address))
             return .bypass
         }
         let effectivePrivileged = s2cr.privilegeConfiguration == 2 ? true : (s2cr.privilegeConfiguration == 1 ? false : privileged)
-        let asid = registers.asid
-        let vmid = registers.vmid
+        let asid = s.banks[bank].asid
+        let vmid = s.banks[bank].vmid
         if let slot = s.tlb.find(context: bank, asid: asid, vmid: vmid, iova: address) {
             let entry = s.tlb.slots[slot]
             s.tlb.touch(slot)
@@ -399,7 +404,7 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
         s.tlb.statistics.misses &+= 1
         if s.walkerStale[bank] {
             s.walkerStale[bank] = false
-            s.walkers[bank] = Self.makeWalker(memory: memory, registers)
+            s.walkers[bank] = Self.makeWalker(memory: memory, s.banks[bank])
         }
         guard let walker = s.walkers[bank] else {
             return contextFault(&s, bank: bank, sid: sid, address: address, write: write, kind: .translation, level: 0)
