@@ -42,7 +42,7 @@ struct DMAPropertyTests {
         let blockFrames = try (0..<2).map { _ in try m.frames.allocate(.size2M).rawValue }
 
         var model: [UInt64: Mapping] = [:]          // iova page -> mapping (4K granularity)
-        var staleWindow: [UInt64: Mapping] = [:]    // lazily unmapped pages, until flushIOTLBAll
+        var staleWindow: [UInt64: [Mapping]] = [:]  // lazily unmapped mappings per page, until flushIOTLBAll
         var staleHitsSeen = 0
         var recent: [UInt64] = []  // recently accessed 4K-region pages: locality for TLB hits
 
@@ -90,7 +90,7 @@ struct DMAPropertyTests {
                 domain.iotlbSync(&gather)
                 if let old = model.removeValue(forKey: iova) {
                     #expect(unmapped == 4096)
-                    if staleWindow[iova] == nil { staleWindow[iova] = old }
+                    staleWindow[iova, default: []].append(old)
                 } else {
                     #expect(unmapped == 0)
                 }
@@ -145,7 +145,7 @@ struct DMAPropertyTests {
                 }
                 func candidates(_ p: UInt64) -> [Mapping?] {
                     var list: [Mapping?] = [model[p]]
-                    if staleAllowed, let old = staleWindow[p] { list.append(old) }
+                    if staleAllowed { list += (staleWindow[p] ?? []).map { Optional($0) } }
                     return list
                 }
                 // Walk the pages in order as the hardware does: all must translate, or the first
@@ -193,5 +193,111 @@ struct DMAPropertyTests {
         #expect(smmu.tlbStatistics.hits > 0)
         #expect(staleHitsSeen > 0, "seed \(seed): the lazy window was never observed")
         #expect(smmu.tlbStatistics.staleHits == UInt64(staleHitsSeen))
+    }
+}
+
+/// The same property on a DART (16 KiB pages, 16 KiB CPU pages so the DMA domain translates):
+/// strict unmaps are invalidated at their sync, lazy ones stay visible until the flush.
+@Suite("Device DMA property (DART)")
+struct DARTDMAPropertyTests {
+    struct Mapping: Equatable {
+        var frame: UInt64
+        var writable: Bool
+    }
+
+    @Test(arguments: TestSupport.propertySeeds)
+    func randomDARTDMAAgreesWithTheDomainModel(seed: UInt64) throws {
+        let page: UInt64 = 0x4000
+        var rng = SplitMix64(seed: seed)
+        let m = TestMachine(cpuPageSize: .size16K)
+        let dart = m.addDART("dart0") { $0.tlbEntryCount = 6 }
+        try m.registerDART("dart0")
+        let dev = try m.core.addDevice(.platform("isp", iommu: FirmwareIOMMUSpec(iommu: "dart0", streamIDs: [StreamID(5)])))
+        let domain = try #require(m.core.domain(for: dev))
+        #expect(domain.type == .dma)
+        var frames: [UInt64] = []
+        for i in 0..<12 {
+            let frame = try m.frames.allocate(.size16K)
+            try m.memory.fill(frame, length: page, with: UInt8(0x80 + i))
+            frames.append(frame.rawValue)
+        }
+        let base: UInt64 = 0x100_0000
+        let pageCount: UInt64 = 24
+        var model: [UInt64: Mapping] = [:]
+        var staleWindow: [UInt64: [Mapping]] = [:]
+        var staleHits = 0
+        var lastDMA = base
+        var lastLazy = base
+        for step in 0..<1200 {
+            var iova = base + (rng.next() % pageCount) * page
+            let op = rng.next() % 100
+            // Locality, so that the lazy window is actually hit: lazily unmap what a device just
+            // used, and let the device come back to it.
+            if (38..<48).contains(op) && rng.next() % 10 < 7 { iova = lastDMA }
+            if op >= 52 && rng.next() % 10 < 3 { iova = lastLazy }
+            if (38..<48).contains(op) { lastLazy = iova }
+            if op >= 52 { lastDMA = iova }
+            switch op {
+            case 0..<25:
+                let writable = rng.next() % 2 == 0
+                let frame = frames[Int(rng.next() % UInt64(frames.count))]
+                do {
+                    try domain.map(iova: IOVA(iova), paddr: PhysAddr(frame), length: page, prot: writable ? [.read, .write] : [.read])
+                    #expect(model[iova] == nil)
+                    model[iova] = Mapping(frame: frame, writable: writable)
+                } catch {
+                    #expect(model[iova] != nil && error.code == .exists, "seed \(seed) step \(step)")
+                }
+            case 25..<38:
+                let unmapped = domain.unmap(iova: IOVA(iova), length: page)
+                #expect(unmapped == (model[iova] == nil ? 0 : page))
+                model[iova] = nil
+                staleWindow[iova] = nil
+            case 38..<48:
+                var gather = IOTLBGather(queued: true)
+                let unmapped = domain.unmapFast(iova: IOVA(iova), length: page, gather: &gather)
+                if let old = model.removeValue(forKey: iova) {
+                    #expect(unmapped == page)
+                    staleWindow[iova, default: []].append(old)
+                }
+            case 48..<52:
+                domain.flushIOTLBAll()
+                staleWindow.removeAll()
+            default:
+                let offset = rng.next() % (page - 64)
+                let isWrite = rng.next() % 3 == 0
+                let payload = (0..<16).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+                var bytes: [UInt8] = []
+                let outcome: DMAOutcome
+                if isWrite {
+                    outcome = m.platform.dmaWrite(device: dev, address: iova + offset, bytes: payload)
+                } else {
+                    (bytes, outcome) = m.platform.dmaRead(device: dev, address: iova + offset, length: 16)
+                }
+                var candidates: [Mapping?] = [model[iova]]
+                if outcome.staleTLBHits > 0 {
+                    staleHits += 1
+                    #expect(staleWindow[iova] != nil, "seed \(seed) step \(step): stale hit outside the lazy window")
+                    candidates += (staleWindow[iova] ?? []).map { Optional($0) }
+                }
+                if let fault = outcome.fault {
+                    let explained = candidates.contains { mapping in
+                        guard let mapping else { return fault.reason == .translation }
+                        return isWrite && !mapping.writable && fault.reason == .permission
+                    }
+                    #expect(explained, "seed \(seed) step \(step): \(fault)")
+                } else {
+                    let permitted = candidates.compactMap { $0 }.filter { !isWrite || $0.writable }
+                    var matched = false
+                    for mapping in permitted
+                    where try m.memory.readBytes(PhysAddr(mapping.frame + offset), count: 16) == (isWrite ? payload : bytes) {
+                        matched = true
+                    }
+                    #expect(matched, "seed \(seed) step \(step): bytes match no permitted mapping: write \(isWrite) iova \(String(iova, radix: 16)) cands \(candidates) stale \(outcome.staleTLBHits) got \(bytes.prefix(4)) tlb \(dart.tlbEntries)")
+                }
+            }
+        }
+        #expect(staleHits > 0, "seed \(seed): the lazy window was never observed")
+        #expect(dart.tlbStatistics.staleHits >= UInt64(staleHits))
     }
 }
