@@ -146,6 +146,9 @@ struct SMMUEdgeCaseTests {
         #expect(m.core.probeState(of: b) == .probeFailed(.noSpace))
         // The failed probe was unwound: b's stream-map entry is free again.
         #expect(driver.streamMapEntries.filter(\.smr.valid).map(\.smr.id) == [1])
+        // Its DMA is never translated nor bypassed: the unknown-stream policy (fault) applies.
+        let outcome = m.platform.dmaRead(device: b, address: 0x8000_0000, length: 1).outcome
+        #expect(outcome.fault?.reason == .unidentifiedStream && !outcome.bypassed)
         // Identity domains need no bank.
         let identityDomain = try m.core.allocateDomain(type: .identity, for: a)
         try m.core.attachDevice(identityDomain, to: a)
