@@ -155,6 +155,23 @@ struct SMMUEdgeCaseTests {
         #expect(m.smmus["smmu0"]!.registerSnapshot().s2crs[0].type == .bypass)
     }
 
+    @Test func domainOfAnotherSMMUInstanceIsEINVAL() throws {
+        let m = TestMachine()
+        m.addSMMU("smmuA")
+        m.addSMMU("smmuB")
+        try m.registerSMMU("smmuA")
+        try m.registerSMMU("smmuB")
+        let a = try m.core.addDevice(platformDevice("a", "smmuA", 1))
+        let b = try m.core.addDevice(platformDevice("b", "smmuB", 1))
+        let domainA = try m.core.allocateDomain(type: .unmanaged, for: a)
+        try m.core.attachDevice(domainA, to: a)
+        #expect(throws: IOMMUError.self) { try m.core.attachDevice(domainA, to: b) }
+        #expect(m.core.domain(for: b) === m.core.defaultDomain(for: b))
+        // Attach of a finalised domain directly through the other driver: EINVAL as Linux.
+        let info = try #require(m.core.deviceInfo(b))
+        #expect(throws: IOMMUError(.invalidArgument, device: b)) { try m.drivers["smmuB"]!.attachDevice(info, to: domainA) }
+    }
+
     @Test func stage2OnlySMMUTranslatesWithVMIDs() throws {
         let m = TestMachine()
         let smmu = m.addSMMU("smmu0") { $0.supportsStage1 = false; $0.intermediateAddressBits = 40 }
