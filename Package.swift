@@ -29,6 +29,11 @@ let package = Package(
         .target(name: "IOVAAllocator", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
         .target(name: "IOMMUCore", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
         .target(
+            name: "IOMMUHardware",
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOMMUCore"],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "VFIOType1",
             dependencies: ["IOMMUBase", "PhysicalMemory", "IOMMUCore"],
             swiftSettings: strictSettings
@@ -40,7 +45,7 @@ let package = Package(
         ),
         .target(
             name: "IOMMUKit",
-            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "VFIOType1", "VirtioIOMMU"],
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "IOMMUHardware", "VFIOType1", "VirtioIOMMU"],
             swiftSettings: strictSettings
         ),
 
@@ -94,6 +99,11 @@ let package = Package(
         .testTarget(
             name: "VirtioIOMMUTests",
             dependencies: ["VirtioIOMMU", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IOMMUHardwareTests",
+            dependencies: ["IOMMUHardware", "IOMMUTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

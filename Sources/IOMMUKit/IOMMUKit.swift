@@ -6,3 +6,4 @@
 @_exported import IOMMUCore
 @_exported import VFIOType1
 @_exported import VirtioIOMMU
+@_exported import IOMMUHardware
