@@ -30,13 +30,23 @@ let package = Package(
         .target(name: "IOVAAllocator", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
         .target(name: "IOMMUCore", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
         .target(
+            name: "IOMMUHardware",
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOMMUCore"],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "VFIOType1",
             dependencies: ["IOMMUBase", "PhysicalMemory", "IOMMUCore"],
             swiftSettings: strictSettings
         ),
         .target(
+            name: "VirtioIOMMU",
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOMMUCore"],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "IOMMUKit",
-            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "VFIOType1"],
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "IOMMUHardware", "VFIOType1", "VirtioIOMMU"],
             swiftSettings: strictSettings
         ),
 
@@ -92,6 +102,16 @@ let package = Package(
         .testTarget(
             name: "IOMMUCoreTests",
             dependencies: ["IOMMUCore", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "VirtioIOMMUTests",
+            dependencies: ["VirtioIOMMU", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IOMMUHardwareTests",
+            dependencies: ["IOMMUHardware", "IOMMUTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -5,3 +5,5 @@
 @_exported import IOVAAllocator
 @_exported import IOMMUCore
 @_exported import VFIOType1
+@_exported import VirtioIOMMU
+@_exported import IOMMUHardware
