@@ -54,7 +54,7 @@ let package = Package(
         .target(
             name: "IOMMUScenario",
             dependencies: [
-                "IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "VFIOType1",
+                "IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "IOMMUHardware", "VFIOType1",
                 .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strictSettings

@@ -84,7 +84,7 @@ struct InspectCommand: ParsableCommand {
             if d.mappings.isEmpty && d.type != "identity" && d.type != "blocked" { out += "    (no mappings)\n" }
             if tables {
                 for t in d.tables {
-                    out += "    table \(t.address) L\(t.level): " + t.entries.map { "[\($0.index)] \(DescriptorText.hex16($0.descriptor))" }.joined(separator: " ") + "\n"
+                    out += "    table \(hex(t.address)) L\(t.level): " + t.entries.map { "[\($0.index)] \(DescriptorText.hex16($0.descriptor))" }.joined(separator: " ") + "\n"
                 }
             } else if !d.tables.isEmpty {
                 out += "    page table: \(d.tables.count) table page(s) (--tables for descriptors)\n"
@@ -92,8 +92,8 @@ struct InspectCommand: ParsableCommand {
         }
         out += "\nStream tables:\n"
         for t in i.streamTables {
-            out += "  \(t.iommu) (\(t.kind)): \(t.entries.count)/\(t.smrCount) SMRs used, context banks \(t.contextBanksInUse)/\(t.contextBanks), unmatched streams \(t.unmatchedStream)\n"
-            for e in t.entries { out += "    SMR\(e.index): id \(hex(UInt64(e.streamID))) mask 0x0 -> S2CR \(e.s2cr)  [\(e.device)]\n" }
+            out += "  \(t.iommu) (\(t.kind)): \(t.entries.count)/\(t.smrCount) \(t.kind == "smmu" ? "SMRs" : "streams") used, context banks \(t.contextBanksInUse)/\(t.contextBanks), unmatched streams \(t.unmatchedStream)\n"
+            for e in t.entries { out += "    \(t.kind == "smmu" ? "SMR\(e.index): id \(hex(UInt64(e.streamID))) mask \(hex(UInt64(e.mask))) -> S2CR" : "stream \(e.index):") \(e.s2cr)  [\(e.device)]\n" }
         }
         if !i.iovaSpaces.isEmpty {
             out += "\nIOVA space:\n"
@@ -130,7 +130,7 @@ struct InspectCommand: ParsableCommand {
                     ("pgtable", .object([
                         ("format", .string(d.formatKind)), ("granule", .uint(1 << UInt64(d.granuleShift))),
                         ("tables", .array(d.tables.map { t in
-                            .object([("address", .hex(t.address.rawValue)), ("level", .int(Int64(t.level))),
+                            .object([("address", .hex(t.address)), ("level", .int(Int64(t.level))),
                                      ("entries", .array(t.entries.map { .array([.int(Int64($0.index)), .hex($0.descriptor)]) }))])
                         })),
                     ])),

@@ -1,5 +1,7 @@
 import IOMMUBase
 import IOMMUCore
+import IOMMUHardware
+import PhysicalMemory
 import IOPageTable
 import IOVAAllocator
 
@@ -28,9 +30,15 @@ public struct ScenarioInspection: Sendable {
         public var devices: [String]
         public var mappings: [Mapping]
         /// Live page-table pages and their non-zero descriptors (the `iommu pgtable` view).
-        public var tables: [PageTableSnapshot]
+        public var tables: [TablePage]
         public var formatKind: String
         public var granuleShift: Int
+    }
+    /// One live table page and its non-zero descriptors.
+    public struct TablePage: Sendable {
+        public var address: UInt64
+        public var level: Int
+        public var entries: [(index: Int, descriptor: UInt64)]
     }
     public struct StreamEntry: Sendable {
         public var index: Int
@@ -38,6 +46,7 @@ public struct ScenarioInspection: Sendable {
         public var device: String
         /// S2CR: "translate (cb N)", "bypass", "fault".
         public var s2cr: String
+        public var mask: UInt16 = 0
     }
     public struct StreamTable: Sendable {
         public var iommu: String
@@ -67,6 +76,24 @@ public struct ScenarioInspection: Sendable {
 }
 
 extension ScenarioRunner {
+    /// Live LPAE (4K granule) table pages from a root, depth first, with their non-zero entries.
+    static func lpaeTables(memory: PhysicalMemory, root: UInt64, levels: Int) -> [ScenarioInspection.TablePage] {
+        var out: [ScenarioInspection.TablePage] = []
+        func visit(_ address: UInt64, level: Int) {
+            var entries: [(index: Int, descriptor: UInt64)] = []
+            var children: [UInt64] = []
+            for index in 0..<512 {
+                guard let raw = try? memory.load64(PhysAddr(address + UInt64(index) * 8)), raw != 0 else { continue }
+                entries.append((index, raw))
+                if level < 3 && raw & 3 == 3 { children.append(raw & 0x0000_FFFF_FFFF_F000) }
+            }
+            out.append(.init(address: address, level: level, entries: entries))
+            for child in children where out.count < 4096 { visit(child, level: level + 1) }
+        }
+        visit(root, level: 4 - levels)
+        return out
+    }
+
     /// A snapshot of groups, domains, stream tables, IOVA spaces and VFIO state.
     public func inspect() -> ScenarioInspection {
         var out = ScenarioInspection(step: stepsRun)
@@ -82,32 +109,51 @@ extension ScenarioRunner {
             if let d = info.domain { domains[d.serial, default: (d, [])].1 += names }
         }
         for (serial, (domain, names)) in domains.sorted(by: { $0.key < $1.key }) {
-            cbIndex[serial] = cbIndex.count
-            let ops = domain.ops as? ModelDomainOps
             let iommu = names.first.flatMap { n in scenario.platform.devices.first { $0.name == n }?.iommu } ?? "?"
+            var tables: [ScenarioInspection.TablePage] = []
+            var format = "none"
+            if let ops = domain.ops as? SMMUDomainOps, case .stage1(let r)? = ops.tableRegisters {
+                format = "arm-lpae-s1"
+                tables = Self.lpaeTables(memory: memory, root: r.ttbr & 0x0000_FFFF_FFFF_F000, levels: 4)
+            }
             out.domains.append(.init(
                 serial: serial, type: domain.type.sysfsName, iommu: iommu, pageSizes: "\(domain.pageSizes)", devices: names,
-                mappings: ops?.mappings.map { .init(iova: $0.iova, paddr: $0.paddr, length: $0.length, prot: protText($0.prot)) } ?? [],
-                tables: ops?.table.liveTables() ?? [], formatKind: ops?.table.kind.rawValue ?? "none",
-                granuleShift: ops?.table.geometry.pageSizes.smallest?.shift ?? 12))
+                mappings: (mapped[serial] ?? [:]).sorted { $0.key < $1.key }.map {
+                    .init(iova: $0.key, paddr: $0.value.paddr, length: $0.value.length, prot: protText($0.value.prot))
+                },
+                tables: tables, formatKind: format, granuleShift: domain.pageSizes.smallest?.shift ?? 12))
         }
         for spec in scenario.platform.iommus {
-            guard let driver = driver(named: spec.name) else { continue }
+            guard let hw = hardware[spec.name] else { continue }
             var entries: [ScenarioInspection.StreamEntry] = []
-            for (index, entry) in driver.streamEntries.enumerated() {
-                guard let entry else { continue }
-                let s2cr: String
-                switch core.dmaPath(for: entry.device) {
-                case .translated(let d): s2cr = "translate (cb \(cbIndex[d.serial].map(String.init) ?? "?"), domain#\(d.serial))"
-                case .identity: s2cr = "bypass (identity domain)"
-                case .blocked, .notProbed: s2cr = "fault"
-                case .noIOMMU: s2cr = "bypass"
+            var banks = Set<UInt8>()
+            switch hw {
+            case .smmu(_, let driver):
+                for (index, entry) in driver.streamMapEntries.enumerated() where entry.smr.valid {
+                    let owner = core.device(onIOMMU: spec.name, streamID: StreamID(UInt32(entry.smr.id))).flatMap { core.deviceInfo($0)?.name } ?? "?"
+                    let s2cr: String
+                    switch entry.s2cr.type {
+                    case .translate: s2cr = "translate cb \(entry.s2cr.contextBank)"; banks.insert(entry.s2cr.contextBank)
+                    case .bypass: s2cr = "bypass"
+                    case .fault: s2cr = "fault"
+                    }
+                    entries.append(.init(index: index, streamID: UInt32(entry.smr.id), device: owner, s2cr: s2cr, mask: entry.smr.mask))
                 }
-                entries.append(.init(index: index, streamID: entry.streamID, device: entry.deviceName, s2cr: s2cr))
+            case .dart:
+                for device in scenario.platform.devices where device.iommu == spec.name {
+                    guard let devID = deviceIDs[device.name] else { continue }
+                    let tcr: String
+                    switch core.dmaPath(for: devID) {
+                    case .translated(let d): tcr = "translate (domain#\(d.serial))"
+                    case .identity: tcr = "bypass"
+                    default: tcr = "disabled (fault)"
+                    }
+                    for sid in device.streamIDs { entries.append(.init(index: Int(sid), streamID: sid, device: device.name, s2cr: "TCR " + tcr)) }
+                }
             }
             out.streamTables.append(.init(
-                iommu: spec.name, kind: spec.kind.rawValue, smrCount: spec.streamMatchRegisters, contextBanks: spec.contextBanks,
-                contextBanksInUse: driver.contextBanksInUse, unmatchedStream: spec.unmatchedStream.rawValue, entries: entries))
+                iommu: spec.name, kind: spec.kind.rawValue, smrCount: spec.kind == .smmu ? spec.streamMatchRegisters : min(16, spec.streamMatchRegisters),
+                contextBanks: spec.contextBanks, contextBanksInUse: banks.count, unmatchedStream: spec.unmatchedStream.rawValue, entries: entries))
         }
         for (serial, iovad) in iovaDomains.sorted(by: { $0.key < $1.key }) {
             let snap = iovad.snapshot()

@@ -1,5 +1,6 @@
 import IOMMUBase
 import IOMMUCore
+import IOMMUHardware
 import IOPageTable
 import IOVAAllocator
 import PhysicalMemory
@@ -27,7 +28,11 @@ public final class ScenarioRunner {
     public let vfio: VFIO
     public let process: HostMemory
     public private(set) var container: VFIOContainer?
-    var drivers: [String: ModelIOMMUDriver] = [:]
+    var hardware: [String: ScenarioHardware] = [:]
+    /// Device DMA through the hardware models.
+    public private(set) var dma: DMAPlatform!
+    /// What each domain has mapped by `map` steps (serial → iova → (paddr, length, prot)), for inspection.
+    var mapped: [UInt64: [UInt64: (paddr: UInt64, length: UInt64, prot: IOMMUProt)]] = [:]
     var deviceIDs: [String: DeviceID] = [:]
     var namedValues: [String: UInt64] = [:]
     var namedDomains: [String: IOMMUDomain] = [:]
@@ -55,8 +60,9 @@ public final class ScenarioRunner {
         process = HostMemory(memory: memory, frames: frames, lockedMemoryLimit: p.lockedMemoryLimit)
         report = ScenarioReport(name: scenario.name, description: scenario.description, seed: seed)
         for spec in p.iommus {
-            drivers[spec.name] = ModelIOMMUDriver(spec: spec, frames: frames, cpuPageSize: p.cpuPageSize, warnings: warnings)
+            hardware[spec.name] = ScenarioHardware(spec: spec, memory: memory, frames: frames, core: core)
         }
+        dma = DMAPlatform(memory: memory, core: core, hardware: p.iommus.compactMap { hardware[$0.name]?.model })
         boot()
     }
 
@@ -93,10 +99,9 @@ public final class ScenarioRunner {
     }
 
     func registerIOMMU(_ name: String) -> String {
-        guard let driver = drivers[name] else { return "no IOMMU \(name)" }
-        let spec = driver.spec
+        guard let hw = hardware[name], let spec = scenario.platform.iommus.first(where: { $0.name == name }) else { return "no IOMMU \(name)" }
         do throws(IOMMUError) {
-            _ = try core.registerIOMMU(name: name, driver: driver)
+            _ = try core.registerIOMMU(name: name, driver: hw.driver)
             return "registered \(name): \(spec.kind == .smmu ? "Arm SMMU" : "Apple DART"), pages \(spec.pageSizes), \(spec.streamMatchRegisters) SMRs, \(spec.contextBanks) context banks, unmatched streams \(spec.unmatchedStream == .fault ? "fault" : "bypass")"
         } catch {
             return "register \(name): \(error.code.name)"
@@ -188,40 +193,22 @@ public final class ScenarioRunner {
         return (created, limit)
     }
 
-    /// Device DMA of one byte range, page by page, through the device's current DMA path.
-    func deviceAccess(_ device: String, iova: UInt64, length: Int, write: Bool) throws(IOMMUError) -> [(iova: UInt64, paddr: UInt64, count: Int)]? {
-        let devID = try id(device)
-        var runs: [(UInt64, UInt64, Int)] = []
-        guard !iova.addingReportingOverflow(UInt64(length)).overflow else { throw IOMMUError(.lengthOverflow, address: iova) }
-        var offset = 0
-        while offset < length {
-            let address = iova + UInt64(offset)
-            let count = min(length - offset, Int(0x1000 - (address & 0xFFF)))
-            guard let pa = translate(devID, device: device, iova: address, write: write) else { return nil }
-            runs.append((address, pa, count))
-            offset += count
-        }
-        return runs
+    /// Records a DMA outcome's fault (if any) for the report; true when the transaction went through.
+    func note(_ outcome: DMAOutcome, device: String, record: inout ScenarioReport.StepRecord) -> Bool {
+        record.events.append("DMA: \(outcome.bytesMoved) byte(s) moved, TLB \(outcome.tlbHits) hit(s) \(outcome.tlbMisses) miss(es)"
+            + (outcome.bypassed ? ", bypassed" : "") + (outcome.usedStaleTLBEntry ? ", STALE TLB entry used" : ""))
+        guard let fault = outcome.fault else { return true }
+        faults.append("\(device): \(fault)")
+        return false
     }
 
-    /// Translates like the hardware: returns nil and reports a fault when the access is refused.
-    func translate(_ devID: DeviceID, device: String, iova: UInt64, write: Bool) -> UInt64? {
-        let path = core.dmaPath(for: devID)
-        let stream = scenario.platform.devices.first { $0.name == device }?.streamIDs.first.map { StreamID($0) }
-        var reason: IOMMUFaultReason
-        switch path {
-        case .noIOMMU: return iova
-        case .identity: return iova
-        case .translated(let d):
-            if let pa = d.iovaToPhys(IOVA(iova)) { return pa.rawValue }
-            reason = .translation
-        case .notProbed: reason = .blocked
-        case .blocked: reason = .blocked
+    /// The software view of a device's translation (core DMA path + domain iova_to_phys).
+    func softwareTranslate(_ devID: DeviceID, iova: UInt64) -> UInt64? {
+        switch core.dmaPath(for: devID) {
+        case .noIOMMU, .identity: return iova
+        case .translated(let d): return d.iovaToPhys(IOVA(iova))?.rawValue
+        case .notProbed, .blocked: return nil
         }
-        let fault = IOMMUFault(device: devID, streamID: stream, iova: IOVA(iova), isWrite: write, reason: reason)
-        _ = core.reportFault(fault)
-        faults.append("\(device) \(write ? "write" : "read") iova 0x\(String(iova, radix: 16)): \(reason)")
-        return nil
     }
 
     func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
@@ -298,12 +285,14 @@ public final class ScenarioRunner {
             }
             record.action = "map \(device) iova \(hex(iova)) +\(hex(length)) -> pa \(hex(pa)) \(protText(prot))"
             try d.map(iova: IOVA(iova), paddr: PhysAddr(pa), length: length, prot: prot)
+            mapped[d.serial, default: [:]][iova] = (pa, length, prot)
             return Outcome(bytes: length)
         case let .unmap(device, ref, iovaValue, length):
             let iova = try resolve(iovaValue)
             record.action = "unmap \(device) iova \(hex(iova)) +\(hex(length))"
             let d = try domain(ref, device: device)
             let bytes = d.unmap(iova: IOVA(iova), length: length)
+            if bytes > 0 { forget(domain: d.serial, first: iova, length: bytes) }
             return Outcome(bytes: bytes, text: "\(hex(bytes)) bytes unmapped")
         case let .iovaAlloc(device, length, name):
             let (iovad, limit) = try iovaDomain(for: device)
@@ -323,48 +312,42 @@ public final class ScenarioRunner {
         case let .dmaWrite(device, iovaValue, bytes):
             let iova = try resolve(iovaValue)
             record.action = "dma-write \(device) iova \(hex(iova)) \(bytes.count) byte(s)"
-            guard let runs = try deviceAccess(device, iova: iova, length: bytes.count, write: true) else {
-                return Outcome(text: "fault")
-            }
-            var offset = 0
-            for run in runs {
-                try memory.writeBytes(PhysAddr(run.paddr), Array(bytes[offset..<offset + run.count]))
-                record.events.append("\(hex(run.iova)) -> pa \(hex(run.paddr)): \(run.count) byte(s) written")
-                offset += run.count
-            }
-            return Outcome(bytes: UInt64(bytes.count))
+            let outcome = dma.dmaWrite(device: try id(device), address: iova, bytes: bytes)
+            guard note(outcome, device: device, record: &record) else { return Outcome(text: "fault") }
+            if let pa = softwareTranslate(try id(device), iova: iova) { record.events.append("landed at pa \(hex(pa))") }
+            return Outcome(bytes: UInt64(outcome.bytesMoved))
         case let .dmaRead(device, iovaValue, length):
             let iova = try resolve(iovaValue)
             record.action = "dma-read \(device) iova \(hex(iova)) \(length) byte(s)"
-            guard let runs = try deviceAccess(device, iova: iova, length: length, write: false) else { return Outcome(text: "fault") }
-            var data: [UInt8] = []
-            for run in runs {
-                data += try memory.readBytes(PhysAddr(run.paddr), count: run.count)
-                record.events.append("\(hex(run.iova)) -> pa \(hex(run.paddr)): \(run.count) byte(s) read")
-            }
-            return Outcome(bytes: UInt64(length), data: data, text: bytesText(data))
+            let (data, outcome) = dma.dmaRead(device: try id(device), address: iova, length: length)
+            guard note(outcome, device: device, record: &record) else { return Outcome(text: "fault") }
+            return Outcome(bytes: UInt64(outcome.bytesMoved), data: data, text: bytesText(data))
         case let .streamDMA(iommu, streamID, iova, write):
             record.action = "stream-dma \(iommu) stream \(hex(UInt64(streamID))) iova \(hex(iova)) \(write ? "write" : "read")"
-            if let (devID, _) = core.dmaPath(onIOMMU: iommu, streamID: StreamID(streamID)), let info = core.deviceInfo(devID) {
-                guard let pa = translate(devID, device: info.name, iova: iova, write: write) else { return Outcome(text: "fault") }
-                return Outcome(text: "stream of \(info.name): pa \(hex(pa))")
+            guard let model = hardware[iommu]?.model else { throw IOMMUError(.noSuchDevice) }
+            let owner = core.device(onIOMMU: iommu, streamID: StreamID(streamID)).flatMap { core.deviceInfo($0)?.name } ?? "unknown stream"
+            let outcome: DMAOutcome
+            if write {
+                outcome = model.dmaWrite(streamID: StreamID(streamID), address: iova, bytes: [0])
+            } else {
+                outcome = model.dmaRead(streamID: StreamID(streamID), address: iova, length: 1).outcome
             }
-            let policy = drivers[iommu]!.spec.unmatchedStream
-            if policy == .fault {
-                faults.append("\(iommu): unmatched stream \(hex(UInt64(streamID))) \(write ? "write" : "read") iova \(hex(iova)): unidentifiedStream (GFSR.USF)")
-                return Outcome(text: "fault")
-            }
-            return Outcome(text: "bypass: unmatched stream goes straight to pa \(hex(iova)) (disable_bypass=0)")
+            guard note(outcome, device: owner, record: &record) else { return Outcome(text: "fault") }
+            return Outcome(text: outcome.bypassed ? "bypassed (\(owner))" : "ok (\(owner))")
         case let .translate(device, iovaValue):
             let iova = try resolve(iovaValue)
             record.action = "translate \(device) iova \(hex(iova))"
-            guard let pa = translate(try id(device), device: device, iova: iova, write: false) else { return Outcome(text: "fault") }
-            return Outcome(text: "pa \(hex(pa))")
+            let (data, outcome) = dma.dmaRead(device: try id(device), address: iova, length: 1)
+            guard note(outcome, device: device, record: &record) else { return Outcome(text: "fault") }
+            let pa = softwareTranslate(try id(device), iova: iova)
+            return Outcome(data: data, text: "pa \(pa.map(hex) ?? "?")")
         case .vfioOpenGroup(let device):
             record.action = "vfio open group of \(device)"
             guard let group = core.groupID(of: try id(device)) else { throw IOMMUError(.noSuchDevice, code: .notFound) }
             let spec = scenario.platform.devices.first { $0.name == device }!
-            if let iommu = spec.iommu, drivers[iommu]!.spec.interruptRemapping { vfio.setInterruptIsolation(ofGroup: group, isolated: true) }
+            if let iommu = spec.iommu, scenario.platform.iommus.first(where: { $0.name == iommu })?.interruptRemapping == true {
+                vfio.setInterruptIsolation(ofGroup: group, isolated: true)
+            }
             let g = try vfio.openGroup(id: group)
             vfioGroups[device] = g
             record.events.append("/dev/vfio/\(group): viable \(g.status.viable)")
@@ -562,10 +545,7 @@ public final class ScenarioRunner {
                 guard let devID = deviceIDs[device], let iova = try? resolve(iovaValue) else {
                     check(false, "expect translation for \(device)", "device or value unknown"); continue
                 }
-                let before = faults.count
-                let pa = translate(devID, device: device, iova: iova, write: false)
-                faults.removeSubrange(before...)  // a checking probe, not a workload fault
-                _ = trace.drain()
+                let pa = softwareTranslate(devID, iova: iova)
                 check(pa == paddr, "expect \(device) \(hex(iova)) -> \(paddr.map(hex) ?? "fault")", pa.map(hex) ?? "fault")
             case .validIOVARanges(let ranges):
                 let actual = container?.validIOVARanges.map { ($0.first.rawValue, $0.last.rawValue) } ?? []
@@ -612,8 +592,17 @@ public final class ScenarioRunner {
         return lines
     }
 
-    /// The model driver of an IOMMU (for inspection).
-    func driver(named name: String) -> ModelIOMMUDriver? { drivers[name] }
+    func forget(domain serial: UInt64, first: UInt64, length: UInt64) {
+        let last = first + length - 1
+        var map = mapped[serial] ?? [:]
+        for (start, c) in map where start <= last && start + c.length - 1 >= first {
+            map[start] = nil
+            if start < first { map[start] = (c.paddr, first - start, c.prot) }
+            let end = start + c.length - 1
+            if end > last { map[last + 1] = (c.paddr + (last + 1 - start), end - last, c.prot) }
+        }
+        mapped[serial] = map
+    }
 }
 
 extension UInt64 {
