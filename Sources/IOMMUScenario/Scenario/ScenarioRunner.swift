@@ -588,8 +588,13 @@ public final class ScenarioRunner {
         if let c = container {
             lines.append("VFIO: \(c.mappings.count) mapping(s), \(process.lockedPages) locked page(s)")
         }
-        lines.append("page-table memory: \(frames.framesInUse) frame(s) in use")
+        lines.append("physical frames in use (page tables and DMA buffers): \(frames.framesInUse)")
         return lines
+    }
+
+    /// Per IOMMU: TLB hits, misses and stale hits of its model so far.
+    public var tlbStatistics: [(String, (hits: UInt64, misses: UInt64, staleHits: UInt64))] {
+        scenario.platform.iommus.compactMap { spec in hardware[spec.name].map { (spec.name, $0.tlb) } }
     }
 
     func forget(domain serial: UInt64, first: UInt64, length: UInt64) {
