@@ -61,7 +61,7 @@ struct RunCommand: ParsableCommand {
     @Argument(help: "The scenario file (YAML).")
     var file: String
 
-    @Option(help: "Seed for everything random in the run (same seed, same report).")
+    @Option(help: "Seed, recorded in the report (the current step set has no random choices; same file, same report).")
     var seed: UInt64 = 1
 
     @Flag(help: "Print the report as JSON.")

@@ -147,3 +147,23 @@ struct InspectCommandTests {
         #expect(outcome.status == 2)
     }
 }
+
+@Suite("docs/scenarios.md")
+struct ScenarioDocsTests {
+    @Test func completeExampleRunsGreen() throws {
+        guard case .success(let bytes) = readFileBytes(repositoryRoot + "/docs/scenarios.md") else {
+            Issue.record("cannot read docs/scenarios.md"); return
+        }
+        let doc = String(decoding: bytes, as: UTF8.self)
+        guard let section = doc.firstRange(of: "## A complete example"),
+              let open = doc[section.upperBound...].firstRange(of: "```yaml\n"),
+              let close = doc[open.upperBound...].firstRange(of: "```")
+        else { Issue.record("no example block"); return }
+        let yaml = String(doc[open.upperBound..<close.lowerBound])
+        let scenario = try Scenario.parse(yaml)
+        let runner = try ScenarioRunner(scenario: scenario)
+        runner.run()
+        #expect(runner.report.passed, "\(runner.report.text)")
+        #expect(runner.report.heldExpectations >= 7)
+    }
+}
