@@ -539,27 +539,17 @@ public final class SMMUDomainOps: IOMMUDomainOps, @unchecked Sendable {
     public func mapPages(iova: IOVA, paddr: PhysAddr, pageSize: PageSize, count: UInt64, prot: IOMMUProt, mapped: inout UInt64) throws(IOMMUError) {
         guard ready.load(ordering: .acquiring), let box else { throw IOMMUError(.noSuchDevice, address: iova.rawValue) }
         var invalidator = SMMUContextInvalidator(smmu: driver.smmu, bank: bank)
-        var done: UInt64 = 0
-        while done < count {
-            let bytes = try box.table.map(iova: IOVA(iova.rawValue &+ done &* pageSize.bytes), paddr: PhysAddr(paddr.rawValue &+ done &* pageSize.bytes),
-                                          pageSize: pageSize, count: Int(count - done), prot: prot, invalidator: &invalidator)
-            if bytes == 0 { break }
-            done &+= bytes >> UInt64(pageSize.shift)
-            mapped &+= bytes
-        }
+        // One table's worth at most, like io-pgtable's map_pages; the core loops for the rest.
+        mapped &+= try box.table.map(iova: iova, paddr: paddr, pageSize: pageSize, count: Int(count), prot: prot,
+                                     invalidator: &invalidator)
     }
 
     public func unmapPages(iova: IOVA, pageSize: PageSize, count: UInt64, gather: inout IOTLBGather) -> UInt64 {
         guard ready.load(ordering: .acquiring), let box else { return 0 }
         var invalidator = SMMUContextInvalidator(smmu: driver.smmu, bank: bank)
-        var unmapped: UInt64 = 0
-        let total = count &* pageSize.bytes
-        while unmapped < total {
-            let bytes = box.table.unmap(iova: IOVA(iova.rawValue &+ unmapped), pageSize: pageSize,
-                                        count: Int((total - unmapped) >> UInt64(pageSize.shift)), gather: &gather, invalidator: &invalidator)
-            if bytes == 0 { break }
-            unmapped &+= bytes
-        }
+        // One table's worth at most, like io-pgtable's unmap_pages; the core loops for the rest.
+        let unmapped = box.table.unmap(iova: iova, pageSize: pageSize, count: Int(count), gather: &gather,
+                                       invalidator: &invalidator)
         if unmapped != 0 { driver.smmu.noteMappingsRemoved(bank: bank, first: iova.rawValue, last: iova.rawValue &+ (unmapped &- 1)) }
         return unmapped
     }
