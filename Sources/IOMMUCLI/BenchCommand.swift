@@ -8,11 +8,12 @@ struct BenchCommand: ParsableCommand {
         abstract: "Measure IOMMUKit's hot paths and compare them with Linux's figures.",
         discussion: """
             Groups: iova (IOVA allocator workloads vs Linux), pgtable (page-table map/unmap, \
-            iovaToPhys, hardware walker), vfio (type1 MAP/UNMAP). `iommu bench` alone runs \
+            iovaToPhys, hardware walker), translate (device DMA through the SMMU model: TLB hit/miss), \
+            vfio (type1 MAP/UNMAP). `iommu bench` alone runs \
             `all`, a quick version of each. Build in release (`swift build -c release`) before \
             trusting the numbers.
             """,
-        subcommands: [AllBenchCommand.self, IOVABenchCommand.self, PageTableBenchCommand.self, VFIOBenchCommand.self],
+        subcommands: [AllBenchCommand.self, IOVABenchCommand.self, PageTableBenchCommand.self, TranslateBenchCommand.self, VFIOBenchCommand.self],
         defaultSubcommand: AllBenchCommand.self
     )
 }

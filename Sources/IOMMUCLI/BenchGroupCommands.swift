@@ -19,8 +19,8 @@ func printBenchRows(_ rows: [BenchRow], json: Bool, title: String) {
         return
     }
     print(title)
-    print(pad("group", 9) + pad("benchmark", 64) + pad("value", 12, right: true) + "  unit")
-    for r in rows { print(pad(r.group, 9) + pad(r.name, 64) + pad(format(r.value, 2), 12, right: true) + "  " + r.unit) }
+    print(pad("group", 11) + pad("benchmark", 64) + pad("value", 12, right: true) + "  unit")
+    for r in rows { print(pad(r.group, 11) + pad(r.name, 64) + pad(format(r.value, 2), 12, right: true) + "  " + r.unit) }
 }
 
 /// Times `body` over `iterations` operations; ns per operation, median of `repeats`.
@@ -158,7 +158,7 @@ struct VFIOBenchCommand: ParsableCommand {
 struct AllBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "all",
-        abstract: "A quick run of every benchmark group (iova, pgtable, vfio) in one table.",
+        abstract: "A quick run of every benchmark group (iova, pgtable, translate, vfio) in one table.",
         discussion: "Small counts, one or three runs: a smoke check and a rough picture in a few seconds. Use the group subcommands for real figures."
     )
     @Flag(help: "Print JSON instead of a table.") var json = false
@@ -170,7 +170,70 @@ struct AllBenchCommand: ParsableCommand {
             rows.append(BenchRow(group: "iova", name: "\(workload.rawValue) alloc+free pair (checking, scale 0.01)", value: r.nsPerPair, unit: "ns/pair"))
         }
         rows += try PageTableBench.run(iterations: 20_000, repeats: 3)
+        rows += try TranslateBench.run(iterations: 20_000, repeats: 3)
         rows += try VFIOBench.run(bytes: 64 << 20, iterations: 1, pairs: 1000)
         printBenchRows(rows, json: json, title: "iommu bench all (quick)")
+    }
+}
+
+/// Device translation through the SMMU model: TLB hit vs miss (translate only, and a 4 KiB read).
+enum TranslateBench {
+    static func run(iterations: Int, repeats: Int) throws -> [BenchRow] {
+        let memory = try PhysicalMemory()
+        let frames = FrameAllocator(memory: memory)
+        let core = IOMMUCore(configuration: IOMMUCoreConfiguration(cpuPageSize: .size4K, defaultDomainType: .dma))
+        var configuration = SMMUConfiguration()
+        configuration.tlbEntryCount = 8
+        let smmu = ARMSMMU(name: "smmu0", memory: memory, configuration: configuration)
+        let driver = ARMSMMUDriver(smmu: smmu, core: core, frames: frames)
+        _ = try core.registerIOMMU(name: "smmu0", driver: driver)
+        let device = try core.addDevice(.platform("bench-dev", iommu: FirmwareIOMMUSpec(iommu: "smmu0", streamIDs: [StreamID(0x10)])))
+        guard let domain = core.domain(for: device) else { return [] }
+        let pages: UInt64 = 512
+        // Offset by one page so the range cannot be one 2 MiB block: 512 separate 4 KiB leaves.
+        let buffer = try frames.allocate(PageSize(shift: 22))
+        try domain.map(iova: IOVA(0x4000_0000), paddr: PhysAddr(buffer.rawValue + 0x1000), length: pages << 12, prot: [.read, .write])
+        let sid = StreamID(0x10)
+        var sink: UInt64 = 0
+        var rows: [BenchRow] = []
+        rows.append(BenchRow(group: "translate", name: "SMMU translate one address, TLB hit", value: nanosecondsPerOperation(iterations: iterations, repeats: repeats) { _ in
+            sink &+= smmu.translate(streamID: sid, address: 0x4000_0010).physicalAddress ?? 0
+        }, unit: "ns/op"))
+        rows.append(BenchRow(group: "translate", name: "SMMU translate one address, TLB miss (4-level walk)", value: nanosecondsPerOperation(iterations: iterations, repeats: repeats) { i in
+            sink &+= smmu.translate(streamID: sid, address: 0x4000_0010 + UInt64(i * 17 & 511) << 12).physicalAddress ?? 0
+        }, unit: "ns/op"))
+        let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 64)
+        defer { scratch.deallocate() }
+        rows.append(BenchRow(group: "translate", name: "SMMU dmaRead 4 KiB, TLB hit", value: nanosecondsPerOperation(iterations: iterations, repeats: repeats) { _ in
+            sink &+= UInt64(smmu.dmaRead(streamID: sid, address: 0x4000_0000, into: scratch).bytesMoved)
+        }, unit: "ns/op"))
+        rows.append(BenchRow(group: "translate", name: "SMMU dmaRead 4 KiB, TLB miss", value: nanosecondsPerOperation(iterations: iterations, repeats: repeats) { i in
+            sink &+= UInt64(smmu.dmaRead(streamID: sid, address: 0x4000_0000 + UInt64(i * 17 & 511) << 12, into: scratch).bytesMoved)
+        }, unit: "ns/op"))
+        let stats = smmu.tlbStatistics
+        if sink == 42 { print("") }
+        rows.append(BenchRow(group: "translate", name: "(TLB over the whole run: share of misses)", value: 100 * Double(stats.misses) / Double(max(1, stats.hits + stats.misses)), unit: "%"))
+        return rows
+    }
+}
+
+/// `iommu bench translate`.
+struct TranslateBenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "translate",
+        abstract: "Device translation through the Arm SMMU model: TLB hit and miss, translate only and 4 KiB reads.",
+        discussion: "An 8-entry TLB; misses stride over 512 mapped pages so every access walks the 4-level table."
+    )
+    @Option(help: "Operations per run.") var iterations: Int = 200_000
+    @Option(help: "Runs per figure; the median is reported.") var repeats: Int = 5
+    @Flag(help: "Print JSON instead of a table.") var json = false
+
+    func validate() throws {
+        guard (1...10_000_000).contains(iterations) else { throw ValidationError("--iterations must be in 1...10000000") }
+        guard (1...100).contains(repeats) else { throw ValidationError("--repeats must be in 1...100") }
+    }
+
+    func run() throws {
+        printBenchRows(try TranslateBench.run(iterations: iterations, repeats: repeats), json: json, title: "Device translation (Arm SMMU model), median of \(repeats)")
     }
 }

@@ -167,3 +167,23 @@ struct ScenarioDocsTests {
         #expect(runner.report.heldExpectations >= 7)
     }
 }
+
+@Suite("iommu bench groups")
+struct BenchGroupTests {
+    @Test func translateMeasuresHitsAndMisses() throws {
+        let rows = try TranslateBench.run(iterations: 200, repeats: 1)
+        #expect(rows.count == 5)
+        #expect(rows.allSatisfy { $0.value > 0 })
+        #expect(abs(rows[4].value - 50) < 5, "miss share \(rows[4].value)")
+    }
+
+    @Test func pageTableAndVFIOGroupsRun() throws {
+        #expect(try PageTableBench.run(iterations: 100, repeats: 1).count == 5)
+        #expect(try VFIOBench.run(bytes: 2 << 20, iterations: 1, pairs: 10).count == 4)
+    }
+
+    @Test func benchDefaultsToAll() throws {
+        let command = try IOMMUCommand.parseAsRoot(["bench"])
+        #expect(command is AllBenchCommand)
+    }
+}
