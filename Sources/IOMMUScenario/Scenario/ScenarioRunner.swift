@@ -486,7 +486,8 @@ public final class ScenarioRunner {
     // MARK: - One step
 
     func execute(_ step: Scenario.Step, index: Int) -> ScenarioReport.StepRecord {
-        var record = ScenarioReport.StepRecord(index: index, line: step.line, action: "", result: "ok", note: step.note)
+        // The enum spelling until `perform` writes the narrated form (kept when the step fails early).
+        var record = ScenarioReport.StepRecord(index: index, line: step.line, action: "\(step.action)", result: "ok", note: step.note)
         let faultsBefore = faults.count
         var outcome = Outcome()
         do throws(IOMMUError) {
