@@ -93,6 +93,10 @@ struct RunCommandTests {
         ("empty", [], 1, "empty file"),
         ("top-level-list", Array("- a\n- b\n".utf8), 1, "expected a mapping"),
         ("duplicate-key", Array("platform:\n  iommus: []\n  iommus: []\n".utf8), 3, "appears twice"),
+        ("step-wrong-type", Array("platform:\n  iommus: [{name: s, kind: smmu}]\n  devices: [{name: d, bus: platform, iommu: s, stream-ids: [1]}]\nworkload:\n  - map: {device: d, iova: [1], length: 4K}\n".utf8), 5, "expected a number"),
+        ("step-missing-field", Array("platform:\n  iommus: [{name: s, kind: smmu}]\n  devices: [{name: d, bus: platform, iommu: s, stream-ids: [1]}]\nworkload:\n  - unmap: {device: d, iova: 0x1000}\n".utf8), 5, "missing required key 'length'"),
+        ("step-out-of-range", Array("platform:\n  iommus: [{name: s, kind: smmu}]\n  devices: [{name: d, bus: platform, iommu: s, stream-ids: [0x10000]}]\n".utf8), 3, "out of range"),
+        ("bad-pci-address", Array("platform:\n  iommus: []\n  devices:\n    - {name: d, pci: {address: \"0000:zz:00.0\"}}\n".utf8), 4, "expected a PCI address"),
         ("bad-errno", Array("platform:\n  iommus: []\nworkload:\n  - retry-deferred-probes: x\n    expect: EWHAT\n".utf8), 5, "unknown errno"),
     ]
 

@@ -194,6 +194,7 @@ extension Scenario {
             return n
         }
         func value(_ field: Field) throws(ScenarioInputError) -> Value {
+            guard case .scalar = field.node else { throw field.fail("expected a number or \"$name\", found \(field.kindName)") }
             let text = try field.string()
             if text.hasPrefix("$") {
                 let parts = text.dropFirst().split(separator: "+", maxSplits: 1)
