@@ -173,8 +173,8 @@ extension Scenario {
         "allocate-domain", "attach", "detach", "free-domain", "map", "unmap", "iova-alloc", "iova-free",
         "dma-write", "dma-read", "stream-dma", "translate",
         "vfio-open-group", "vfio-set-container", "vfio-unset-container", "vfio-set-iommu", "vfio-map", "vfio-unmap",
-        "vfio-info", "vfio-register-driver", "vfio-pin", "vfio-unpin", "advance-clock", "expect",
-    ]
+        "vfio-info", "vfio-register-driver", "vfio-pin", "vfio-unpin", "expect",
+    ] + layerActionKeys
 
     static func parseStep(_ f: Field, platform: Platform) throws(ScenarioInputError) -> Step {
         let m = try f.mapping(allowed: actionKeys + ["note"])
@@ -265,13 +265,6 @@ extension Scenario {
             case "vfio-open-group": action = .vfioOpenGroup(device: try device(a))
             case "vfio-set-container": action = .vfioSetContainer(device: try device(a))
             case "vfio-unset-container": action = .vfioUnsetContainer(device: try device(a))
-            case "advance-clock":
-                let t = try a.string()
-                let units: [(String, UInt64)] = [("ns", 1), ("us", 1_000), ("ms", 1_000_000), ("s", 1_000_000_000)]
-                guard let unit = units.first(where: { t.hasSuffix($0.0) && Field.parseNumber(String(t.dropLast($0.0.count))) != nil }),
-                      let n = Field.parseNumber(String(t.dropLast(unit.0.count))), n <= 3600 * 1_000_000_000 / unit.1
-                else { throw a.fail("expected a duration like 10ms, 500us, 1s (at most an hour)") }
-                action = .advanceClock(nanoseconds: n * unit.1)
             case "bind":
                 let b = try a.mapping(allowed: ["device", "driver", "driver-managed-dma"])
                 action = .bind(device: try device(try b.required("device")), driver: try b.required("driver").string(),
@@ -332,12 +325,15 @@ extension Scenario {
                 let b = try a.mapping(allowed: ["driver", "iova", "count"])
                 let d = try b.required("driver").string(), iova = try b.required("iova").number(), c = try b["count"]?.int(in: 1...4096) ?? 1
                 action = key == "vfio-pin" ? .vfioPin(driver: d, iova: iova, count: c) : .vfioUnpin(driver: d, iova: iova, count: c)
-            default: break
+            default:
+                if let type = layerSteps.first(where: { $0.actionKeys.contains(key) }) {
+                    action = .layer(try type.parse(key: key, value: a, platform: platform))
+                }
             }
         }
         var expectations: [Expectation] = []
         if let e = m["expect"] { expectations = try parseExpectations(e, device: device, value: value, bytes: bytes) }
-        if actions.isEmpty && expectations.isEmpty { throw f.fail("a step needs an action (\(actionKeys.dropLast().joined(separator: ", "))) or 'expect'") }
+        if actions.isEmpty && expectations.isEmpty { throw f.fail("a step needs an action (\(actionKeys.filter { $0 != "expect" }.joined(separator: ", "))) or 'expect'") }
         return Step(action: action, expect: expectations, note: note, line: f.line)
     }
 

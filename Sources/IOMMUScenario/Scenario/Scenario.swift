@@ -71,7 +71,7 @@ public struct Scenario: Sendable {
 
     /// One workload step: an action, what it should produce, and where it was written.
     public struct Step: Sendable {
-        public var action: Action
+        var action: Action
         public var expect: [Expectation]
         public var note: String?
         public var line: Int
@@ -100,7 +100,7 @@ public struct Scenario: Sendable {
         case ignore
     }
 
-    public enum Action: Sendable {
+    enum Action: Sendable {
         case registerIOMMU(String)
         case addDevice(String)
         case removeDevice(String)
@@ -129,7 +129,8 @@ public struct Scenario: Sendable {
         case vfioRegisterDriver(name: String, onUnmap: VFIOUnmapBehaviour)
         case vfioPin(driver: String, iova: UInt64, count: Int)
         case vfioUnpin(driver: String, iova: UInt64, count: Int)
-        case advanceClock(nanoseconds: UInt64)
+        /// A step of a layer that brought its own file (`ScenarioLayerStep`).
+        case layer(any ScenarioLayerStep)
         case check
     }
 

@@ -41,7 +41,7 @@ public final class ScenarioRunner {
     var vfioDrivers: [String: (VFIOEmulatedDevice, PinTracker)] = [:]
     var faults: [String] = []
     var random: SplitMix64
-    public private(set) var clockNanoseconds: UInt64 = 0
+    public internal(set) var clockNanoseconds: UInt64 = 0
     public private(set) var report: ScenarioReport
     public private(set) var stepsRun = 0
 
@@ -423,11 +423,8 @@ public final class ScenarioRunner {
                 }
             }
             return Outcome()
-        case .advanceClock(let ns):
-            clockNanoseconds += ns
-            record.action = "advance-clock \(ns / 1_000_000 > 0 ? "\(ns / 1_000_000)ms" : "\(ns)ns") (now \(clockNanoseconds / 1_000_000)ms)"
-            for (_, d) in iovaDomains.sorted(by: { $0.key < $1.key }) { d.tick(nanoseconds: Int64(ns)) }
-            return Outcome()
+        case .layer(let step):
+            return try step.perform(on: self, record: &record)
         }
     }
 
