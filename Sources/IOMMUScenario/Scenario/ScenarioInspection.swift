@@ -98,7 +98,6 @@ extension ScenarioRunner {
     public func inspect() -> ScenarioInspection {
         var out = ScenarioInspection(step: stepsRun)
         var domains: [UInt64: (IOMMUDomain, [String])] = [:]
-        var cbIndex: [UInt64: Int] = [:]
         for gid in core.groupIDs {
             guard let info = core.groupInfo(id: gid) else { continue }
             let names = info.devices.compactMap { core.deviceInfo($0)?.name }
