@@ -14,6 +14,9 @@ work="$here/out/corpus/$target"
 mkdir -p "$work"
 dict=()
 [ -f "$here/dict/$target.dict" ] && dict=(-dict="$here/dict/$target.dict")
+# Let libFuzzer (not the Swift runtime backtracer) handle the trap of a failed check, so the
+# input is saved.
+export SWIFT_BACKTRACE=enable=no
 cd "$here/out"
 exec "./$target" "$work" "$here/corpus/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 \
     -max_len=4096 -print_final_stats=1 -artifact_prefix="$here/out/$target-" "${dict[@]}" "$@"
