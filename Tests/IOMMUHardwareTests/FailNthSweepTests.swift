@@ -64,6 +64,7 @@ struct FailNthSweepTests {
                 #expect(ok, "\(label) [\(injector)] n=\(n): nothing failed, yet the operation failed")
                 try tearDown(f)
                 #expect(f.machine.frames.framesInUse == 0, "\(label) [\(injector)] n=\(n) success path leaked frames")
+                print("fail_nth sweep: \(label) [\(injector)] failed for n = 1..<\(n), succeeded at n = \(n)")
                 return n
             }
             if !ok {

@@ -89,7 +89,10 @@ struct ReliabilityTests {
                 // A failure may be absorbed (pin: PFNMAP fallback; core: the blocking domain falls
                 // back to an empty paging domain, as Linux does): then only consistency matters.
                 expectClean(h, c, "\(label) [\(kind)] n=\(n) success")
-                if !fired { return n }
+                if !fired {
+                    print("fail_nth sweep: \(label) [\(kind)] failed for n = 1..<\(n), succeeded at n = \(n)")
+                    return n
+                }
                 continue
             }
             #expect(fired, "\(label) [\(kind)] n=\(n) failed with \(result!) without an injected failure")

@@ -16,7 +16,7 @@ let deviceBase: UInt64 = 0x10_0040_0000 // 16 KiB device memory (PFNMAP)
 /// `[target: u8][request: u32 LE][length: u16 LE][buffer bytes]`; target bit 0 picks the group
 /// file instead of the container, bit 1 the integer-argument form (first 8 buffer bytes). After
 /// every ioctl: `VFIOContainer.checkConsistency()` (mapping list vs. page tables vs. pins vs.
-/// accounting), `IOMMUCore.checkConsistency()`, every pinned page is charged once; at the end,
+/// accounting), `IOMMUCore.checkConsistency()`, `ARMSMMUDriver.checkConsistency()`, every pinned page is charged once; at the end,
 /// closing the group and container must unpin and uncharge everything and free every
 /// page-table frame VFIO allocated.
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -44,7 +44,7 @@ public func fuzzVFIOIoctl(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         try container.mapDMA(iova: IOVA(0x10_0000), vaddr: VirtAddr(anonymousBase), length: 0x4000, read: true, write: true)
 
         func check(_ what: String) {
-            var problems = container.checkConsistency() + core.checkConsistency()
+            var problems = container.checkConsistency() + core.checkConsistency() + driver.checkConsistency()
             let charged = container.mappings.reduce(UInt64(0)) { $0 + $1.lockedPages }
             if charged != host.lockedPages { problems.append(.init(component: "fuzz", message: "mappings charge \(charged), process locked \(host.lockedPages)")) }
             if UInt64(host.totalPins) != host.lockedPages {
