@@ -1,4 +1,10 @@
 import IOMMUKit
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `FUZZ_DEBUG=1 fuzz/out/FuzzVFIOIoctl INPUT` prints each ioctl and its result.
+let debug = getenv("FUZZ_DEBUG") != nil
 
 nonisolated(unsafe) let memory = try! PhysicalMemory(addressBits: 48, ramBase: PhysAddr(0x8000_0000), ramSize: 1 << 30)
 /// Page-table frames (the SMMU driver) and process memory (HostMemory) come from separate halves.
@@ -32,7 +38,7 @@ public func fuzzVFIOIoctl(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
                                              iommu: FirmwareIOMMUSpec(iommu: "smmu0", streamIDs: [StreamID(0x300)])))
         try core.bindDriver(device, name: "vfio-pci", driverManagedDMA: true)
         let framesBeforeVFIO = tableFrames.framesInUse
-        let host = HostMemory(memory: memory, frames: processFrames, lockedMemoryLimit: 1 << 20)
+        let host = HostMemory(memory: memory, frames: processFrames, lockedMemoryLimit: 4 << 20)
         try host.map(length: 0x10000, backing: .anonymous, at: VirtAddr(anonymousBase))
         try host.map(length: 0x20_0000, backing: .hugePages2M, at: VirtAddr(hugeBase))
         try host.map(length: 0x4000, backing: .device(PhysAddr(0x4000_0000)), at: VirtAddr(deviceBase))
@@ -74,6 +80,7 @@ public func fuzzVFIOIoctl(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
             } else {
                 result = container.ioctl(request: request, buffer: &buffer)
             }
+            if debug { print("ioctl #\(count) target \(target) request 0x\(String(request, radix: 16)) length \(buffer.count) -> \(result); mappings \(container.mappings)") }
             if result > 0 && request != VFIOUAPI.checkExtension { fatalError("ioctl 0x\(String(request, radix: 16)) returned \(result)") }
             check("ioctl #\(count) 0x\(String(request, radix: 16)) -> \(result)")
         }
