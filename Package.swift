@@ -17,6 +17,8 @@ let package = Package(
     products: [
         .library(name: "IOMMUKit", targets: ["IOMMUKit"]),
         .executable(name: "iommu", targets: ["iommu"]),
+        // For fuzz/ (a separate package): the trace and ops-file parsers.
+        .library(name: "IOMMUScenario", targets: ["IOMMUScenario"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

@@ -1,5 +1,6 @@
 import ArgumentParser
 import IOMMUKit
+import IOMMUScenario
 
 /// `iommu pgtable`: build a page table from an ops file and show (or check) every bit.
 struct PageTableCommand: ParsableCommand {

@@ -93,6 +93,10 @@ public final class IOMMUCore: Sendable {
     public let trace: any IOMMUTraceSink
 
     let state: IOMMUMutex<RegistryState>
+    /// Fault injection (iommufd-style `fail_nth`, docs/reliability.md): makes a domain
+    /// allocation (default, blocking or user domain) fail with ENOMEM before the driver is
+    /// asked. Drivers have their own injectors for their allocations.
+    public let domainAllocationFailNth = FailNth()
     private let domainsAllocated = Atomic<Int>(0)
     private let domainsFreed = Atomic<Int>(0)
 
@@ -446,6 +450,8 @@ public final class IOMMUCore: Sendable {
     func makeDomain(type: IOMMUDomainType, driver: any IOMMUDriver, device: IOMMUDeviceInfo?, _ s: inout RegistryState)
         throws(IOMMUError) -> IOMMUDomain
     {
+        // Linux: the core's part of iommu_domain_alloc (kzalloc) failing before the driver is asked.
+        if domainAllocationFailNth.shouldFail() { throw IOMMUError(.outOfMemory, device: device?.id) }
         let ops = try driver.allocateDomain(type: type, for: device)
         let serial = s.nextDomainSerial
         s.nextDomainSerial &+= 1

@@ -80,6 +80,11 @@ public final class ARMSMMUDriver: IOMMUDriver, SMMUInterruptHandler, @unchecked 
 
     let state: IOMMUMutex<DriverState>
 
+    /// Fault injection (iommufd-style `fail_nth`, docs/reliability.md): consulted where Linux's
+    /// driver can fail to allocate: the master's stream-map configuration in probe (ENOMEM), each
+    /// SMR/S2CR entry (ENOSPC), the domain structure (ENOMEM) and the context bank (ENOSPC).
+    public let failNth = FailNth()
+
     /// Probes the SMMU's ID registers, finds the SMR mask widths, runs the reset sequence, and
     /// installs the fault handlers. Linux: `arm_smmu_device_probe` up to `iommu_device_register`.
     public init(smmu: ARMSMMU, core: IOMMUCore, frames: FrameAllocator, options: Options = Options()) {
@@ -203,12 +208,16 @@ public final class ARMSMMUDriver: IOMMUDriver, SMMUInterruptHandler, @unchecked 
             ids.append((UInt16(sid), UInt16(mask)))
         }
         let indexing = smmu.configuration.streamMatchRegisterCount == 0
+        // Linux: kzalloc of the master's `arm_smmu_master_cfg`.
+        if failNth.shouldFail() { throw IOMMUError(.outOfMemory, device: device.id) }
         let written: [(Int, StreamMapEntry)] = try state.withLock { s throws(IOMMUError) in
             guard s.masters[device.id] == nil else { throw IOMMUError(.alreadyExists, device: device.id) }
             // All or nothing: allocate on a copy, commit only when every ID has an entry.
             var entries = s.entries
             var indices: [Int] = []
             for (id, mask) in ids {
+                // Linux: arm_smmu_find_sme() finding no free entry.
+                if failNth.shouldFail() { throw IOMMUError(.busy, address: UInt64(id), device: device.id, code: .noSpace) }
                 let index = try Self.findEntry(entries, id: id, mask: mask, indexing: indexing).self
                 if entries[index].count == 0 {
                     entries[index].smr = StreamMatchRegister(id: id, mask: mask, valid: true)
@@ -275,6 +284,8 @@ public final class ARMSMMUDriver: IOMMUDriver, SMMUInterruptHandler, @unchecked 
 
     public func allocateDomain(type: IOMMUDomainType, for device: IOMMUDeviceInfo?) throws(IOMMUError) -> any IOMMUDomainOps {
         guard [.blocked, .identity, .unmanaged, .dma, .dmaFQ].contains(type) else { throw IOMMUError(.notSupported) }
+        // Linux: kzalloc of the `arm_smmu_domain`.
+        if failNth.shouldFail() { throw IOMMUError(.outOfMemory, device: device?.id) }
         return SMMUDomainOps(driver: self, type: type)
     }
 
@@ -299,6 +310,8 @@ public final class ARMSMMUDriver: IOMMUDriver, SMMUInterruptHandler, @unchecked 
         }
         let bank: Int = try state.withLock { s throws(IOMMUError) in
             let range = stage1 ? stage2OnlyContextBankCount..<contextBankCount : 0..<contextBankCount
+            // Linux: __arm_smmu_alloc_bitmap() finding no free context bank.
+            if failNth.shouldFail() { throw IOMMUError(.busy, device: device.id, code: .noSpace) }
             guard let free = range.first(where: { !s.contextBankInUse[$0] }) else {
                 throw IOMMUError(.busy, device: device.id, code: .noSpace)
             }

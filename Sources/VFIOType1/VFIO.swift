@@ -40,6 +40,12 @@ public final class VFIO: Sendable {
 
     let registry = IOMMUMutex(Registry())
 
+    /// Fault injection (iommufd-style `fail_nth`, docs/reliability.md) for the DMA-unmap
+    /// notifier: when it fires, one emulated-device driver's unmap callback is not delivered in
+    /// that round (Linux: a notifier that does not act), so the unmap retries and, if every
+    /// round is lost, fails with EBUSY leaving the mapping intact.
+    public let notifierFailNth = FailNth()
+
     public init(core: IOMMUCore, configuration: VFIOType1Configuration = VFIOType1Configuration(), warnings: (any WarningSink)? = nil) {
         self.core = core
         self.parameters = IOMMUMutex(configuration)

@@ -119,7 +119,7 @@ extension VFIOContainer {
             switch outcome {
             case .done(let bytes): return bytes
             case .notify(let first, let span, let devices):
-                for device in devices { device.handler(device, IOVA(first), span) }
+                for device in devices where !vfio.notifierFailNth.shouldFail() { device.handler(device, IOVA(first), span) }
                 notifications += 1
             }
         }

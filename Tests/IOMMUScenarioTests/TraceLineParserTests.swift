@@ -126,3 +126,26 @@ let realLines: [String] = [
         }
     }
 }
+
+/// Regressions found by fuzz/FuzzTraceLine (inputs also in fuzz/corpus/FuzzTraceLine).
+@Suite("Trace line parser fuzz regressions")
+struct TraceLineParserFuzzRegressionTests {
+    @Test func nonASCIIFlagsAreRejectedNotMisrendered() throws {
+        // fuzz: "d..\u{CF}\u{D1}\u{DF}\u{DF}" parsed, but rendered back as different UTF-8 bytes.
+        var bytes = Array("          insmod-139     [000] d..".utf8)
+        bytes += [0xCF, 0xD1, 0xDF, 0xDF]
+        bytes += Array("     7.835938: dma_map_page: 0000:00:03.0 dir=TO_DEVICE dma_addr=ffffd0f8 size=16 phys_addr=6c800f8 attrs=".utf8)
+        let result: Result<TraceRecord, TraceParseError> = bytes.withUnsafeBufferPointer { line in
+            do throws(TraceParseError) { return .success(try TraceLineParser.parse(line)) } catch { return .failure(error) }
+        }
+        guard case .failure(let error) = result else {
+            Issue.record("non-ASCII flags were accepted: \(result)")
+            return
+        }
+        #expect(error.message.contains("FLAGS"))
+        // Printable ASCII flags still round-trip.
+        let line = "          insmod-139     [000] d.h1.     7.838582: unmap: IOMMU: iova=0x00000000ffffa000 - 0x00000000ffffb000 size=4096 unmapped_size=4096"
+        guard case .event(let event) = try TraceLineParser.parse(line) else { Issue.record("not an event"); return }
+        #expect(event.renderedLine == line)
+    }
+}

@@ -128,6 +128,10 @@ public enum TraceLineParser {
         var packed: UInt64 = 0
         while !cursor.atEnd, cursor.peek != UInt8(ascii: " ") {
             guard cursor.index - flagsStart < 8 else { break }
+            // The kernel prints flags as printable ASCII; anything else could not render back.
+            guard cursor.peek > 0x20 && cursor.peek < 0x7F else {
+                throw cursor.error("the FLAGS column (like 'd.h1.', printable ASCII) followed by a space")
+            }
             packed |= UInt64(cursor.peek) << UInt64(8 * (cursor.index - flagsStart))
             cursor.index += 1
         }
