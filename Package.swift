@@ -34,8 +34,13 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "DMAMapping",
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOVAAllocator", "IOMMUCore"],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "IOMMUKit",
-            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "VFIOType1"],
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "VFIOType1", "DMAMapping"],
             swiftSettings: strictSettings
         ),
 
@@ -94,6 +99,11 @@ let package = Package(
         .testTarget(
             name: "VFIOType1Tests",
             dependencies: ["VFIOType1", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "DMAMappingTests",
+            dependencies: ["DMAMapping", "PhysicalMemory", "IOMMUTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

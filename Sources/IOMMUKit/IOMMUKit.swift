@@ -5,3 +5,4 @@
 @_exported import IOVAAllocator
 @_exported import IOMMUCore
 @_exported import VFIOType1
+@_exported import DMAMapping
