@@ -103,7 +103,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DMAMappingTests",
-            dependencies: ["DMAMapping", "PhysicalMemory", "IOMMUTestSupport"],
+            dependencies: ["DMAMapping", "PhysicalMemory", "IOVAAllocator", "IOMMUCore", "IOMMUTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
