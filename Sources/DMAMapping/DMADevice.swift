@@ -305,9 +305,11 @@ public final class DMADevice: Sendable {
         var cursor = iova
         var mappedOK = true
         for (i, e) in entries.enumerated() {
-            let chunk = (e.length + offsets[i] + mask) & ~mask
+            // As Linux, the padding is mapped too (the previous element's length grew by it), so
+            // the range has no holes and one unmap removes it all.
             do {
-                try domain.map(iova: IOVA(cursor), paddr: PhysAddr(e.paddr.rawValue - offsets[i]), length: chunk, prot: direction.prot())
+                try domain.map(
+                    iova: IOVA(cursor), paddr: PhysAddr(e.paddr.rawValue - offsets[i]), length: paddedLengths[i], prot: direction.prot())
             } catch {
                 mappedOK = false
                 break
