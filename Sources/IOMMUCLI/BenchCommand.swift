@@ -7,7 +7,7 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Measure IOMMUKit's hot paths and compare them with Linux's figures.",
         discussion: "Build in release (`swift build -c release`) before trusting the numbers.",
-        subcommands: [IOVABenchCommand.self]
+        subcommands: [IOVABenchCommand.self, DMAMapBenchCommand.self]
     )
 }
 
