@@ -49,8 +49,12 @@ public final class DMADevice: Sendable {
     public let options: DMADeviceOptions
     /// nil: dma-direct (identity domain or no IOMMU): DMA addresses are physical addresses.
     public let cookie: DMACookie?
-    unowned let api: DMAAPI
+    let bouncePool: BouncePool?
+    let frames: FrameAllocator?
+    let cpuPageSize: PageSize
     let domain: IOMMUDomain?
+    /// Aperture end when the domain forces its aperture (else `UInt64.max`), read once at setup.
+    let apertureLimit: UInt64
     let granuleMask: UInt64
     let granuleShift: UInt64
     let clock: any DMAClock
@@ -60,7 +64,9 @@ public final class DMADevice: Sendable {
     let pci32BitFirst: Atomic<Bool>
 
     init(api: DMAAPI, info: IOMMUDeviceInfo, cookie: DMACookie?, options: DMADeviceOptions, pci32BitFirst: Bool) {
-        self.api = api
+        self.bouncePool = api.bouncePool
+        self.frames = api.frames
+        self.cpuPageSize = api.configuration.cpuPageSize
         self.id = info.id
         self.name = info.name
         self.untrusted = info.isUntrusted
@@ -68,6 +74,8 @@ public final class DMADevice: Sendable {
         self.options = options
         self.cookie = cookie
         self.domain = cookie?.domain
+        let geometry = cookie?.domain.geometry
+        self.apertureLimit = geometry.map { $0.forceAperture ? $0.apertureEnd.rawValue : .max } ?? .max
         self.granuleMask = cookie?.granule.mask ?? 0
         self.granuleShift = UInt64(cookie?.granule.shift ?? 12)
         self.clock = api.clock
@@ -92,8 +100,7 @@ public final class DMADevice: Sendable {
         let pages = size >> granuleShift
         var limit = dmaLimit
         if options.busDMALimit != 0 { limit = min(limit, options.busDMALimit) }
-        let g = cookie.domain.geometry
-        if g.forceAperture { limit = min(limit, g.apertureEnd.rawValue) }
+        limit = min(limit, apertureLimit)
         if limit > 0xFFFF_FFFF && pci32BitFirst.load(ordering: .relaxed) {
             if let pfn = try? cookie.iovad.fastAlloc(size: pages, limitPFN: 0xFFFF_FFFF >> granuleShift, flushCaches: false, cpu: cpu) {
                 return pfn.rawValue << granuleShift
@@ -119,7 +126,7 @@ public final class DMADevice: Sendable {
         var phys = paddr
         var bounced = false
         if untrusted && (paddr.rawValue | length) & granuleMask != 0 {
-            guard let pool = api.bouncePool else {
+            guard let pool = bouncePool else {
                 sink.warn(.dmaBounceBuffersInactive(device: id, paddr: paddr, size: length))
                 return Self.mappingErrorAddress
             }
@@ -134,14 +141,14 @@ public final class DMADevice: Sendable {
         let size = (length &+ offset &+ granuleMask) & ~granuleMask
         let iova = allocIOVA(size: size, dmaLimit: options.dmaMask, cpu: cpu)
         guard iova != 0 else {
-            if bounced { api.bouncePool!.unmap(bounce: phys, copyBack: false) }
+            if bounced { bouncePool!.unmap(bounce: phys, copyBack: false) }
             return Self.mappingErrorAddress
         }
         do {
             try domain.map(iova: IOVA(iova), paddr: PhysAddr(phys.rawValue &- offset), length: size, prot: direction.prot())
         } catch {
             cookie.iovad.fastFree(pfn: PFN(iova >> granuleShift), size: size >> granuleShift, cpu: cpu)
-            if bounced { api.bouncePool!.unmap(bounce: phys, copyBack: false) }
+            if bounced { bouncePool!.unmap(bounce: phys, copyBack: false) }
             return Self.mappingErrorAddress
         }
         return recordMapping(address: IOVA(iova &+ offset), size: length, direction: direction, kind: .page, paddr: paddr, bounced: bounced, cpu: cpu)
@@ -197,9 +204,9 @@ public final class DMADevice: Sendable {
         }
         guard let domain else { return }
         var bounce: PhysAddr?
-        if let pool = api.bouncePool, let phys = domain.iovaToPhys(address), pool.contains(phys) { bounce = phys }
+        if let pool = bouncePool, let phys = domain.iovaToPhys(address), pool.contains(phys) { bounce = phys }
         unmapIOVA(address, length: length, cpu: cpu)
-        if let bounce { api.bouncePool!.unmap(bounce: bounce, copyBack: direction.deviceWrites) }
+        if let bounce { bouncePool!.unmap(bounce: bounce, copyBack: direction.deviceWrites) }
     }
 
     /// Linux: `__iommu_dma_unmap`, with IOMMUKit's handling of an incomplete unmap.
@@ -362,9 +369,9 @@ public final class DMADevice: Sendable {
     /// Allocates zeroed pages mapped bidirectionally below the coherent DMA mask.
     /// - Returns: nil on failure (no frame allocator, out of memory, out of IOVA space).
     public func allocCoherent(size: UInt64, cpu: Int? = nil) -> DMACoherentBuffer? {
-        guard size != 0, let frames = api.frames else { return nil }
+        guard size != 0, let frames = frames else { return nil }
         let cpu = resolveCPU(cpu)
-        let unit = max(api.configuration.cpuPageSize.bytes, granuleMask + 1)
+        let unit = max(cpuPageSize.bytes, granuleMask + 1)
         let unitSize = PageSize(bytes: unit)!
         let total = (size + unit - 1) / unit * unit
         var pages: [PhysAddr] = []
@@ -398,7 +405,7 @@ public final class DMADevice: Sendable {
 
     /// Linux: `dma_free_coherent`: unmap (queued in lazy mode), then free the pages.
     public func freeCoherent(_ buffer: DMACoherentBuffer, cpu: Int? = nil) {
-        guard let frames = api.frames else { return }
+        guard let frames = frames else { return }
         let total = UInt64(buffer.pages.count) * buffer.pageSize
         if cookie != nil {
             unmap(buffer.dmaAddress, length: cookie?.debug == nil ? total : buffer.size, direction: .bidirectional, kind: .coherent, cpu: cpu)
@@ -427,7 +434,7 @@ public final class DMADevice: Sendable {
 
     func sync(_ address: IOVA, length: UInt64, direction: DMADirection, forDevice: Bool) {
         cookie?.debug?.sync(device: id, address: address, size: length, direction: direction, forDevice: forDevice)
-        guard let pool = api.bouncePool, let domain, let phys = domain.iovaToPhys(address), pool.contains(phys) else { return }
+        guard let pool = bouncePool, let domain, let phys = domain.iovaToPhys(address), pool.contains(phys) else { return }
         if forDevice ? direction.deviceReads : direction.deviceWrites {
             pool.sync(bounce: PhysAddr(phys.rawValue & ~granuleMask), toDevice: forDevice)
         }
