@@ -29,6 +29,11 @@ let package = Package(
         .target(name: "IOVAAllocator", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
         .target(name: "IOMMUCore", dependencies: ["IOMMUBase"], swiftSettings: strictSettings),
         .target(
+            name: "IOMMUHardware",
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOMMUCore"],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "VFIOType1",
             dependencies: ["IOMMUBase", "PhysicalMemory", "IOMMUCore"],
             swiftSettings: strictSettings
@@ -39,8 +44,16 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "VirtioIOMMU",
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOMMUCore"],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "IOMMUKit",
-            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "VFIOType1", "DMAMapping"],
+            dependencies: [
+                "IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "IOMMUHardware", "VFIOType1",
+                "VirtioIOMMU", "DMAMapping",
+            ],
             swiftSettings: strictSettings
         ),
 
@@ -92,6 +105,16 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "VirtioIOMMUTests",
+            dependencies: ["VirtioIOMMU", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "IOMMUHardwareTests",
+            dependencies: ["IOMMUHardware", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "IOMMUScenarioTests",
             dependencies: ["IOMMUScenario", "IOMMUTestSupport"],
             swiftSettings: strictSettings
@@ -103,7 +126,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DMAMappingTests",
-            dependencies: ["DMAMapping", "PhysicalMemory", "IOVAAllocator", "IOMMUCore", "IOMMUTestSupport"],
+            dependencies: ["DMAMapping", "PhysicalMemory", "IOVAAllocator", "IOMMUCore", "IOMMUHardware", "IOMMUTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -112,6 +112,46 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
     case vfioUnpinPagesMisuse(iova: IOVA, count: Int)
     /// An IOMMU-mapped page had no translation while unmapping. Linux: `WARN_ON(!phys)`, skips a page.
     case vfioMissingTranslation(iova: IOVA)
+    // MARK: virtio-iommu device
+
+    /// The driver wrote a configuration byte it may not write (a read-only field, `bypass`
+    /// without BYPASS_CONFIG negotiated, or a value other than 0/1); the write was ignored.
+    case virtioConfigWriteIgnored(offset: Int, value: UInt8)
+    /// A fault record could not be delivered: no event buffer (`bufferLength` -1) or one smaller
+    /// than the 24-byte record. The record was dropped.
+    case virtioEventDropped(endpoint: UInt32, bufferLength: Int)
+    /// An external mapping consumer failed to apply an unmap the device could not refuse (device
+    /// reset); the device's own state went ahead.
+    case virtioConsumerUnmapFailed(domain: UInt32, iova: IOVA, errno: Int32)
+    // MARK: - IOMMU hardware (Linux: arm-smmu.c, apple-dart.c; the hardware models)
+
+    /// A transaction whose stream ID matches no stream-map entry bypassed translation (sCR0.USFCFG
+    /// = 0, i.e. `disable_bypass=0`), or the SMMU's client port is disabled: full physical access.
+    case smmuUnmatchedStreamBypassed(streamID: StreamID, address: UInt64)
+    /// A transaction from an unknown stream was aborted (sCR0.USFCFG = 1). Linux: "Blocked unknown
+    /// Stream ID 0x%hx; boot with \"arm-smmu.disable_bypass=0\" to allow, but this may have
+    /// security implications".
+    case smmuBlockedUnknownStream(streamID: StreamID)
+    /// A global fault other than an unidentified stream. Linux: "Unexpected global fault, this
+    /// could be serious" + "GFSR 0x%08x, GFSYNR0 0x%08x, GFSYNR1 0x%08x, GFSYNR2 0x%08x".
+    case smmuUnexpectedGlobalFault(gfsr: UInt32, gfsynr0: UInt32, gfsynr1: UInt32, gfsynr2: UInt32)
+    /// A context fault nobody handled. Linux: "Unhandled context fault: fsr=0x%x, iova=0x%08lx,
+    /// fsynr=0x%x, cbfrsynra=0x%x, cb=%d".
+    case smmuUnhandledContextFault(fsr: UInt32, iova: UInt64, fsynr: UInt32, cbfrsynra: UInt32, contextBank: Int)
+    /// A stream ID outside the SMMU's probed stream-ID mask (probe fails, EINVAL). Linux: "stream
+    /// ID 0x%x out of range for SMMU (0x%x)".
+    case smmuStreamIDOutOfRange(device: DeviceID, streamID: UInt32, mask: UInt32)
+    /// An SMR mask outside the SMMU's probed mask bits (probe fails, EINVAL). Linux: "SMR mask
+    /// 0x%x out of range for SMMU (0x%x)".
+    case smmuSMRMaskOutOfRange(device: DeviceID, mask: UInt32, maskLimit: UInt32)
+    /// The last user of a stream-map entry went away and the entry reverted to the initial S2CR,
+    /// which is BYPASS (`disable_bypass=0`): that stream now has untranslated access.
+    case smmuStreamEntryReleasedToBypass(streamID: StreamID, index: Int)
+    /// A transaction went through a context bank whose SCTLR.M is clear: untranslated.
+    case smmuContextBankDisabledBypass(streamID: StreamID, contextBank: Int, address: UInt64)
+    /// A DART fault nobody handled. Linux (apple-dart): "translation fault: status:0x%x
+    /// stream:%d code:0x%x (%s) at 0x%llx".
+    case dartUnhandledFault(status: UInt32, streamIndex: Int, address: UInt64)
 
 
     // MARK: - DMA API (Linux: dma-iommu.c, kernel/dma/debug.c, swiotlb)
@@ -151,6 +191,10 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String {
         func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
+        func hex8<T: BinaryInteger>(_ value: T) -> String {
+            let digits = String(value, radix: 16)
+            return "0x" + String(repeating: "0", count: max(0, 8 - digits.count)) + digits
+        }
         switch self {
         case let .unsupportedPageSize(iova, pageSize):
             return "page size \(hex(pageSize)) not supported by this table (iova \(iova))"
@@ -258,6 +302,32 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
             return "DMA device-side: \(device) wrote \(size) bytes at iova \(iova), mapped to-device only"
         case let .deviceRequiresDirectMapping(device):
             return "\(device): Firmware has requested this device have a 1:1 IOMMU mapping, rejecting configuring the device without a 1:1 mapping. Contact your platform vendor."
+        case let .virtioConfigWriteIgnored(offset, value):
+            return "virtio-iommu: ignored config write of \(hex(UInt64(value))) at offset \(offset)"
+        case let .virtioEventDropped(endpoint, bufferLength):
+            return bufferLength < 0
+                ? "virtio-iommu: fault event for endpoint \(endpoint) dropped: no event buffer"
+                : "virtio-iommu: fault event for endpoint \(endpoint) dropped: event buffer of \(bufferLength) bytes"
+        case let .virtioConsumerUnmapFailed(domain, iova, errno):
+            return "virtio-iommu: mapping consumer failed to unmap \(iova) of domain \(domain) (errno \(errno))"
+        case let .smmuUnmatchedStreamBypassed(streamID, address):
+            return "arm-smmu: unmatched stream ID 0x\(String(streamID.rawValue, radix: 16)) bypassed translation at address \(hex(address))"
+        case let .smmuBlockedUnknownStream(streamID):
+            return "arm-smmu: Blocked unknown Stream ID 0x\(String(streamID.rawValue & 0xFFFF, radix: 16)); boot with \"arm-smmu.disable_bypass=0\" to allow, but this may have security implications"
+        case let .smmuUnexpectedGlobalFault(gfsr, gfsynr0, gfsynr1, gfsynr2):
+            return "arm-smmu: Unexpected global fault, this could be serious\n\tGFSR \(hex8(gfsr)), GFSYNR0 \(hex8(gfsynr0)), GFSYNR1 \(hex8(gfsynr1)), GFSYNR2 \(hex8(gfsynr2))"
+        case let .smmuUnhandledContextFault(fsr, iova, fsynr, cbfrsynra, contextBank):
+            return "arm-smmu: Unhandled context fault: fsr=\(hex(UInt64(fsr))), iova=\(hex8(iova)), fsynr=\(hex(UInt64(fsynr))), cbfrsynra=\(hex(UInt64(cbfrsynra))), cb=\(contextBank)"
+        case let .smmuStreamIDOutOfRange(device, streamID, mask):
+            return "\(device): stream ID \(hex(UInt64(streamID))) out of range for SMMU (\(hex(UInt64(mask))))"
+        case let .smmuSMRMaskOutOfRange(device, mask, maskLimit):
+            return "\(device): SMR mask \(hex(UInt64(mask))) out of range for SMMU (\(hex(UInt64(maskLimit))))"
+        case let .smmuStreamEntryReleasedToBypass(streamID, index):
+            return "arm-smmu: stream-map entry \(index) (stream ID 0x\(String(streamID.rawValue, radix: 16))) released to the initial S2CR: BYPASS (untranslated access)"
+        case let .smmuContextBankDisabledBypass(streamID, contextBank, address):
+            return "arm-smmu: stream ID 0x\(String(streamID.rawValue, radix: 16)) used disabled context bank \(contextBank): untranslated access at \(hex(address))"
+        case let .dartUnhandledFault(status, streamIndex, address):
+            return "apple-dart: translation fault: status:\(hex(UInt64(status))) stream:\(streamIndex) at \(hex(address))"
         }
     }
 }

@@ -23,7 +23,7 @@ public final class RecordingWarningSink: WarningSink {
         var total = 0
     }
 
-    private let state = Mutex(State())
+    private let state = IOMMUMutex(State())
     /// The most warnings kept; older ones are dropped first (the total still counts them).
     public let capacity: Int
 

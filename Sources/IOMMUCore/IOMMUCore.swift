@@ -92,7 +92,7 @@ public final class IOMMUCore: Sendable {
     /// Where `iommu` trace events go.
     public let trace: any IOMMUTraceSink
 
-    let state: Mutex<RegistryState>
+    let state: IOMMUMutex<RegistryState>
     private let domainsAllocated = Atomic<Int>(0)
     private let domainsFreed = Atomic<Int>(0)
 
@@ -108,7 +108,7 @@ public final class IOMMUCore: Sendable {
         for bus in configuration.buses {
             registry.buses[bus.name] = BusRecord(name: bus.name, kind: bus.kind)
         }
-        self.state = Mutex(registry)
+        self.state = IOMMUMutex(registry)
     }
 
     // MARK: - Buses and IOMMU instances

@@ -40,11 +40,11 @@ public final class IOMMUDomain: Sendable, CustomStringConvertible {
     public let driver: any IOMMUDriver
 
     @usableFromInline let pageSizeBits: Atomic<UInt64>
-    private let geometryState: Mutex<DomainGeometry>
+    private let geometryState: IOMMUMutex<DomainGeometry>
     private let largePagesAllowed = Atomic<Bool>(false)
     private let finalisedFlag = Atomic<Bool>(false)
     private let freedFlag = Atomic<Bool>(false)
-    private let faultHandler = Mutex<IOMMUFaultHandler?>(nil)
+    private let faultHandler = IOMMUMutex<IOMMUFaultHandler?>(nil)
     private let faultCounter = Atomic<UInt64>(0)
     @usableFromInline let trace: any IOMMUTraceSink
     @usableFromInline let warnings: any WarningSink
@@ -60,7 +60,7 @@ public final class IOMMUDomain: Sendable, CustomStringConvertible {
         self.trace = trace
         self.warnings = warnings
         self.pageSizeBits = Atomic(type.isPaging ? driver.pageSizes.rawValue : 0)
-        self.geometryState = Mutex(DomainGeometry())
+        self.geometryState = IOMMUMutex(DomainGeometry())
     }
 
     // MARK: - Configuration (the driver's finalise step, the user's opt-in)

@@ -87,7 +87,7 @@ public struct DiscardingTraceSink: IOMMUTraceSink {
 
 /// Keeps every event in order (tests, the CLI).
 public final class RecordingTraceSink: IOMMUTraceSink {
-    private let storage = Mutex<[IOMMUTraceEvent]>([])
+    private let storage = IOMMUMutex<[IOMMUTraceEvent]>([])
 
     public init() {}
 

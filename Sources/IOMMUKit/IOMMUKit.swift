@@ -5,4 +5,6 @@
 @_exported import IOVAAllocator
 @_exported import IOMMUCore
 @_exported import VFIOType1
+@_exported import VirtioIOMMU
+@_exported import IOMMUHardware
 @_exported import DMAMapping

@@ -25,7 +25,7 @@ public final class FrameAllocator: Sendable {
     /// Arm it to make the N-th allocation fail with ENOMEM.
     public let failNth = FailNth()
 
-    private let state: Mutex<State>
+    private let state: IOMMUMutex<State>
 
     /// - Parameters:
     ///   - memory: where the frames are.
@@ -37,7 +37,7 @@ public final class FrameAllocator: Sendable {
         self.memory = memory
         self.region = region
         self.limitBytes = limitBytes
-        self.state = Mutex(State(next: region.first.rawValue))
+        self.state = IOMMUMutex(State(next: region.first.rawValue))
     }
 
     /// Allocates one zeroed frame of `size` bytes, aligned to `size`.

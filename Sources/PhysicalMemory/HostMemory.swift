@@ -66,7 +66,7 @@ public final class HostMemory: Sendable {
     /// Arm it to make the N-th pin request fail (EFAULT, nothing pinned).
     public let pinFailNth = FailNth()
 
-    private let state: Mutex<State>
+    private let state: IOMMUMutex<State>
 
     /// The base page size of the process.
     public static let pageSize = PageSize.size4K
@@ -78,7 +78,7 @@ public final class HostMemory: Sendable {
         self.frames = frames
         self.lockedMemoryLimit = lockedMemoryLimit
         self.hasIPCLock = hasIPCLock
-        self.state = Mutex(State(nextAddress: Self.defaultMapBase.rawValue))
+        self.state = IOMMUMutex(State(nextAddress: Self.defaultMapBase.rawValue))
     }
 
     // MARK: - Regions (mmap / munmap)

@@ -33,7 +33,7 @@ public final class PhysicalMemory: @unchecked Sendable {
     @usableFromInline let ramFirst: UInt64
     @usableFromInline let ramLength: UInt64
     @usableFromInline let ramHost: UnsafeMutableRawPointer
-    private let sparse = Mutex<[UInt64: UnsafeMutableRawPointer]>([:])
+    private let sparse = IOMMUMutex<[UInt64: UnsafeMutableRawPointer]>([:])
 
     /// The page size of the sparse part (and of the host's own backing).
     public static let pageSize = PageSize.size4K

@@ -28,7 +28,7 @@ public struct VFIOType1Configuration: Sendable {
 public final class VFIO: Sendable {
     public let core: IOMMUCore
     public let warnings: any WarningSink
-    let parameters: Mutex<VFIOType1Configuration>
+    let parameters: IOMMUMutex<VFIOType1Configuration>
 
     struct Registry {
         var openGroups: Set<Int> = []
@@ -38,11 +38,11 @@ public final class VFIO: Sendable {
         var nextSerial: UInt64 = 1
     }
 
-    let registry = Mutex(Registry())
+    let registry = IOMMUMutex(Registry())
 
     public init(core: IOMMUCore, configuration: VFIOType1Configuration = VFIOType1Configuration(), warnings: (any WarningSink)? = nil) {
         self.core = core
-        self.parameters = Mutex(configuration)
+        self.parameters = IOMMUMutex(configuration)
         self.warnings = warnings ?? core.warnings
     }
 
@@ -141,7 +141,7 @@ public final class VFIOGroup: Sendable, CustomStringConvertible {
         var closed = false
     }
 
-    let state = Mutex(State())
+    let state = IOMMUMutex(State())
 
     init(vfio: VFIO, kind: Kind) {
         self.vfio = vfio

@@ -116,7 +116,7 @@ public final class BenchmarkIOMMUDriver: IOMMUDriver {
     public func attachDevice(_ device: IOMMUDeviceInfo, to domain: IOMMUDomain) throws(IOMMUError) {}
 
     final class HashPageTable: IOMMUDomainOps {
-        let leaves = Mutex<[UInt64: (paddr: UInt64, size: UInt64)]>([:])
+        let leaves = IOMMUMutex<[UInt64: (paddr: UInt64, size: UInt64)]>([:])
 
         func mapPages(iova: IOVA, paddr: PhysAddr, pageSize: PageSize, count: UInt64, prot: IOMMUProt, mapped: inout UInt64) throws(IOMMUError) {
             let done = leaves.withLock { leaves -> UInt64 in

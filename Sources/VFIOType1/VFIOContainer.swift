@@ -159,14 +159,14 @@ public final class VFIOContainer: Sendable {
         }
     }
 
-    let state: Mutex<State>
+    let state: IOMMUMutex<State>
 
     init(vfio: VFIO, fd: Int32, process: HostMemory, configuration: VFIOType1Configuration) {
         self.vfio = vfio
         self.fd = fd
         self.process = process
         self.configuration = configuration
-        self.state = Mutex(State(dmaAvail: configuration.dmaEntryLimit))
+        self.state = IOMMUMutex(State(dmaAvail: configuration.dmaEntryLimit))
     }
 
     // MARK: - Container (container.c)
