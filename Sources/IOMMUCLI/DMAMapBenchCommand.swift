@@ -17,8 +17,9 @@ struct DMAMapBenchCommand: ParsableCommand {
             Each thread (its own CPU index) maps and immediately unmaps one buffer of --granule \
             pages, timing every call with CLOCK_MONOTONIC (the cost of reading the clock, \
             calibrated at start, is subtracted), and prints the average and standard deviation \
-            of map and unmap latency. Platform: one PCI device behind a flat-table IOMMU model \
-            with a modelled IOTLB (FlatIOMMUDriver); strict mode syncs the IOTLB in every unmap, \
+            of map and unmap latency. Platform: one PCI device behind the Arm SMMU v2 model and its \
+            driver (LPAE page tables in simulated physical memory; --platform flat: the \
+            FlatIOMMUDriver's flat table instead); strict mode syncs the IOTLB in every unmap, \
             lazy mode queues the IOVA on the per-CPU flush queues (the 10 ms timer is driven from \
             the benchmark threads). The DMA-API debug layer is off unless --debug.
 
@@ -49,6 +50,9 @@ struct DMAMapBenchCommand: ParsableCommand {
     var mode: Mode = .lazy
     @Option(help: "bidirectional, to-device or from-device.")
     var dir: Direction = .bidirectional
+    enum Platform: String, ExpressibleByArgument, CaseIterable { case smmu, flat }
+    @Option(help: "smmu (the Arm SMMU v2 model with LPAE tables and its Linux driver) or flat (FlatIOMMUDriver).")
+    var platform: Platform = .smmu
     @Flag(help: "Keep the DMA-API debug layer on (off by default, like a kernel without CONFIG_DMA_API_DEBUG).")
     var debug = false
     @Flag(help: "Print JSON.")
@@ -69,7 +73,8 @@ struct DMAMapBenchCommand: ParsableCommand {
     }
 
     func run() throws {
-        let result = try Self.measure(threads: threads, seconds: seconds, granule: granule, lazy: mode == .lazy, direction: dir.dma, debug: debug)
+        let result = try Self.measure(
+            threads: threads, seconds: seconds, granule: granule, lazy: mode == .lazy, direction: dir.dma, debug: debug, smmu: platform == .smmu)
         if json {
             print(JSON.object([
                 ("threads", .int(Int64(threads))), ("mode", .string(mode.rawValue)), ("granule", .int(Int64(granule))),
@@ -78,7 +83,7 @@ struct DMAMapBenchCommand: ParsableCommand {
                 ("pairs", .int(Int64(result.pairs))),
             ]).rendered())
         } else {
-            print("dma-map: \(threads) thread(s), \(mode.rawValue), granule \(granule) page(s), \(dir.rawValue), \(result.pairs) map/unmap pairs")
+            print("dma-map (\(platform.rawValue)): \(threads) thread(s), \(mode.rawValue), granule \(granule) page(s), \(dir.rawValue), \(result.pairs) map/unmap pairs")
             print("  average map latency(ns):   \(format(result.mapNs))  stddev \(format(result.mapStddevNs))")
             print("  average unmap latency(ns): \(format(result.unmapNs))  stddev \(format(result.unmapStddevNs))")
             print("  map+unmap pair(ns):        \(format(result.mapNs + result.unmapNs))")
@@ -110,11 +115,16 @@ struct DMAMapBenchCommand: ParsableCommand {
         let lock = IOMMUMutex<(Int, Double, Double, Double, Double)>((0, 0, 0, 0, 0))
     }
 
-    static func measure(threads: Int, seconds: Double, granule: Int, lazy: Bool, direction: DMADirection, debug: Bool) throws -> Result {
+    static func measure(threads: Int, seconds: Double, granule: Int, lazy: Bool, direction: DMADirection, debug: Bool, smmu: Bool) throws -> Result {
         let core = IOMMUCore(configuration: IOMMUCoreConfiguration(cpuPageSize: .size4K, defaultDomainType: lazy ? .dmaFQ : .dma))
-        _ = try core.registerIOMMU(name: "iommu0", driver: FlatIOMMUDriver())
         let memory = try PhysicalMemory()
         let frames = FrameAllocator(memory: memory)
+        if smmu {
+            let model = ARMSMMU(name: "iommu0", memory: memory)
+            _ = try core.registerIOMMU(name: "iommu0", driver: ARMSMMUDriver(smmu: model, core: core, frames: frames))
+        } else {
+            _ = try core.registerIOMMU(name: "iommu0", driver: FlatIOMMUDriver())
+        }
         var configuration = DMAConfiguration()
         configuration.cpuCount = threads
         configuration.debug = debug
