@@ -15,6 +15,9 @@ public final class DMACookie: @unchecked Sendable {  // finishTimes: atomics beh
     public let lazy: Bool
     public let flushQueueOptions: FlushQueueOptions
     let queues: [FlushQueue]
+    /// The queues without reference counting on the hot path (`queues` owns them).
+    let queueRefs: [Unmanaged<FlushQueue>]
+    unowned(unsafe) let fastIOVAD: IOVADomain
     let clock: any DMAClock
     let sink: any WarningSink
     public let staleWindows = StaleWindowHistogram()
@@ -49,6 +52,8 @@ public final class DMACookie: @unchecked Sendable {  // finishTimes: atomics beh
             warningSink: sink, cpuPageSize: configuration.cpuPageSize)
         let queueCount = lazy ? (flushQueueOptions.single ? 1 : configuration.cpuCount) : 0
         self.queues = (0..<queueCount).map { _ in FlushQueue(slots: flushQueueOptions.size) }
+        self.queueRefs = queues.map { Unmanaged.passUnretained($0) }
+        self.fastIOVAD = iovad
         self.debug = configuration.debug ? DMADebugTracker(sink: sink, clock: clock) : nil
         finishTimes = .allocate(capacity: Self.finishTimeSlots)
         for i in 0..<Self.finishTimeSlots { (finishTimes + i).initialize(to: Atomic(0)) }
@@ -77,7 +82,7 @@ public final class DMACookie: @unchecked Sendable {  // finishTimes: atomics beh
             let entry = ring.entries[ring.head]
             guard entry.counter < finished else { break }
             recordWindow(entry: entry, finished: finished)
-            iovad.fastFree(pfn: PFN(entry.pfn), size: entry.pages, cpu: cpu)
+            fastIOVAD.fastFree(pfn: PFN(entry.pfn), size: entry.pages, cpu: cpu)
             ring.head = (ring.head &+ 1) & ring.mask
             freedFromQueueCount.wrappingAdd(1, ordering: .relaxed)
         }
@@ -99,8 +104,7 @@ public final class DMACookie: @unchecked Sendable {  // finishTimes: atomics beh
     /// Queues an unmapped IOVA for freeing after the next complete flush. Linux: `queue_iova()`.
     func queue(pfn: UInt64, pages: UInt64, cpu: Int, unmappedAt: Int64) {
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        let queue = queues[flushQueueOptions.single ? 0 : cpu]
-        queue.ring.withLock { ring in
+        queueRefs[flushQueueOptions.single ? 0 : cpu]._withUnsafeGuaranteedRef { queue in queue.ring.withLock { ring in
             freeCompleted(&ring, cpu: cpu)
             if ring.isFull {
                 flushAll()
@@ -110,7 +114,7 @@ public final class DMACookie: @unchecked Sendable {  // finishTimes: atomics beh
                 pfn: pfn, pages: pages, counter: flushStartCount.load(ordering: .sequentiallyConsistent),
                 unmappedAt: unmappedAt)
             ring.tail = (ring.tail &+ 1) & ring.mask
-        }
+        } }
         queuedCount.wrappingAdd(1, ordering: .relaxed)
         if !timerArmed.load(ordering: .relaxed) {
             let (armed, _) = timerArmed.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing)
