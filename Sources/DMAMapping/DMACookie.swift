@@ -18,6 +18,9 @@ public final class DMACookie: @unchecked Sendable {  // finishTimes: atomics beh
     /// The queues without reference counting on the hot path (`queues` owns them).
     let queueRefs: [Unmanaged<FlushQueue>]
     unowned(unsafe) let fastIOVAD: IOVADomain
+    let iovadRef: Unmanaged<IOVADomain>
+    let domainRef: Unmanaged<IOMMUDomain>
+    let debugEnabled: Bool
     let clock: any DMAClock
     let sink: any WarningSink
     public let staleWindows = StaleWindowHistogram()
@@ -54,6 +57,9 @@ public final class DMACookie: @unchecked Sendable {  // finishTimes: atomics beh
         self.queues = (0..<queueCount).map { _ in FlushQueue(slots: flushQueueOptions.size) }
         self.queueRefs = queues.map { Unmanaged.passUnretained($0) }
         self.fastIOVAD = iovad
+        self.iovadRef = Unmanaged.passUnretained(iovad)
+        self.domainRef = Unmanaged.passUnretained(domain)
+        self.debugEnabled = configuration.debug
         self.debug = configuration.debug ? DMADebugTracker(sink: sink, clock: clock) : nil
         finishTimes = .allocate(capacity: Self.finishTimeSlots)
         for i in 0..<Self.finishTimeSlots { (finishTimes + i).initialize(to: Atomic(0)) }
