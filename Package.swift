@@ -42,13 +42,21 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .target(
+            name: "DMAMapping",
+            dependencies: ["IOMMUBase", "PhysicalMemory", "IOVAAllocator", "IOMMUCore"],
+            swiftSettings: strictSettings
+        ),
+        .target(
             name: "VirtioIOMMU",
             dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOMMUCore"],
             swiftSettings: strictSettings
         ),
         .target(
             name: "IOMMUKit",
-            dependencies: ["IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "IOMMUHardware", "VFIOType1", "VirtioIOMMU"],
+            dependencies: [
+                "IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "IOMMUHardware", "VFIOType1",
+                "VirtioIOMMU", "DMAMapping",
+            ],
             swiftSettings: strictSettings
         ),
 
@@ -124,6 +132,11 @@ let package = Package(
         .testTarget(
             name: "VFIOType1Tests",
             dependencies: ["VFIOType1", "IOMMUTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "DMAMappingTests",
+            dependencies: ["DMAMapping", "PhysicalMemory", "IOVAAllocator", "IOMMUCore", "IOMMUHardware", "IOMMUTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(

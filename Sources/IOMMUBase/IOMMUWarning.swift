@@ -153,6 +153,42 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
     /// stream:%d code:0x%x (%s) at 0x%llx".
     case dartUnhandledFault(status: UInt32, streamIndex: Int, address: UInt64)
 
+
+    // MARK: - DMA API (Linux: dma-iommu.c, kernel/dma/debug.c, swiotlb)
+
+    /// dma-debug: unmap of an address that is not (or no longer) mapped for this device.
+    case dmaUnmapNotMapped(device: DeviceID, address: IOVA, size: UInt64, direction: UInt8)
+    /// dma-debug: unmap of an address unmapped before (the most recent unmap of it is known).
+    case dmaDoubleUnmap(device: DeviceID, address: IOVA, size: UInt64, direction: UInt8)
+    /// dma-debug: unmap size differs from the mapped size.
+    case dmaUnmapWrongSize(device: DeviceID, address: IOVA, size: UInt64, mappedSize: UInt64)
+    /// dma-debug: unmap direction differs from the mapped direction.
+    case dmaUnmapWrongDirection(device: DeviceID, address: IOVA, direction: UInt8, mappedDirection: UInt8)
+    /// dma-debug: unmap of a mapping of another kind (page / scatterlist / coherent).
+    case dmaUnmapWrongKind(device: DeviceID, address: IOVA, kind: UInt8, mappedKind: UInt8)
+    /// dma-debug: the driver never called `mappingError` on this address before unmapping it.
+    case dmaMappingErrorNotChecked(device: DeviceID, address: IOVA, size: UInt64)
+    /// dma-debug: sync of a range not inside one live mapping.
+    case dmaSyncNotMapped(device: DeviceID, address: IOVA, size: UInt64, direction: UInt8)
+    /// dma-debug: sync in a direction the mapping does not allow.
+    case dmaSyncWrongDirection(device: DeviceID, address: IOVA, direction: UInt8, mappedDirection: UInt8)
+    /// dma-debug: a mapping still live when the driver unbound or the device went away.
+    case dmaMappingLeaked(device: DeviceID, address: IOVA, size: UInt64, direction: UInt8)
+    /// dma-iommu: `iommu_unmap_fast` unmapped less than the mapping (Linux WARN_ON(unmapped != size)).
+    case dmaUnmapIncomplete(device: DeviceID, iova: IOVA, size: UInt64, unmapped: UInt64)
+    /// IOMMUKit: the IOVA of an incompletely unmapped range is kept out of circulation.
+    case dmaIOVAQuarantined(device: DeviceID, iova: IOVA, size: UInt64)
+    /// dma-iommu: "Using %d-bit DMA addresses" (32-bit-first rule disabled for the device).
+    case dmaUsingFullWidthAddresses(device: DeviceID, bits: Int)
+    /// dma-iommu: "DMA bounce buffers are inactive, unable to map unaligned transaction."
+    case dmaBounceBuffersInactive(device: DeviceID, paddr: PhysAddr, size: UInt64)
+    /// swiotlb: the bounce pool has no room for the buffer.
+    case dmaBouncePoolFull(device: DeviceID, size: UInt64)
+    /// IOMMUKit device-side check: device DMA reached an unmapped IOVA through a stale IOTLB entry.
+    case dmaStaleTLBAccess(device: DeviceID, iova: IOVA, isWrite: Bool, unmappedAgoNanoseconds: Int64)
+    /// IOMMUKit device-side check: the device wrote to a buffer mapped to-device only.
+    case dmaDeviceWriteToToDeviceMapping(device: DeviceID, iova: IOVA, size: UInt64)
+
     public var description: String {
         func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }
         func hex8<T: BinaryInteger>(_ value: T) -> String {
@@ -232,6 +268,38 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
             return "vfio: invalid unpin_pages of \(count) page(s) at iova \(iova)"
         case let .vfioMissingTranslation(iova):
             return "vfio: no translation for mapped iova \(iova) while unmapping"
+        case let .dmaUnmapNotMapped(device, address, size, direction):
+            return "DMA-API: \(device): unmap of device address \(address) [size=\(size)] [\(Self.dmaDirectionName(direction))] that was never mapped"
+        case let .dmaDoubleUnmap(device, address, size, direction):
+            return "DMA-API: \(device): unmap of device address \(address) [size=\(size)] [\(Self.dmaDirectionName(direction))] that was already unmapped (double unmap)"
+        case let .dmaUnmapWrongSize(device, address, size, mappedSize):
+            return "DMA-API: \(device): unmap of device address \(address) with wrong size: mapped \(mappedSize) bytes, unmapped \(size)"
+        case let .dmaUnmapWrongDirection(device, address, direction, mappedDirection):
+            return "DMA-API: \(device): unmap of device address \(address) with wrong direction: mapped [\(Self.dmaDirectionName(mappedDirection))], unmapped [\(Self.dmaDirectionName(direction))]"
+        case let .dmaUnmapWrongKind(device, address, kind, mappedKind):
+            return "DMA-API: \(device): unmap of device address \(address) as \(Self.dmaKindName(kind)), but it was mapped as \(Self.dmaKindName(mappedKind))"
+        case let .dmaMappingErrorNotChecked(device, address, size):
+            return "DMA-API: \(device): driver failed to check the mapping error of device address \(address) [size=\(size)]"
+        case let .dmaSyncNotMapped(device, address, size, direction):
+            return "DMA-API: \(device): sync of device address \(address) [size=\(size)] [\(Self.dmaDirectionName(direction))] outside any mapping"
+        case let .dmaSyncWrongDirection(device, address, direction, mappedDirection):
+            return "DMA-API: \(device): sync of device address \(address) in direction [\(Self.dmaDirectionName(direction))] of a mapping made [\(Self.dmaDirectionName(mappedDirection))]"
+        case let .dmaMappingLeaked(device, address, size, direction):
+            return "DMA-API: \(device): mapping leaked: device address \(address) [size=\(size)] [\(Self.dmaDirectionName(direction))]"
+        case let .dmaUnmapIncomplete(device, iova, size, unmapped):
+            return "dma-iommu: \(device): unmap of iova \(iova) size \(size) unmapped only \(unmapped) bytes"
+        case let .dmaIOVAQuarantined(device, iova, size):
+            return "dma-iommu: \(device): iova \(iova) size \(size) may still be mapped; not freed for reuse"
+        case let .dmaUsingFullWidthAddresses(device, bits):
+            return "\(device): Using \(bits)-bit DMA addresses"
+        case let .dmaBounceBuffersInactive(device, paddr, size):
+            return "\(device): DMA bounce buffers are inactive, unable to map unaligned transaction (pa \(paddr), size \(size))"
+        case let .dmaBouncePoolFull(device, size):
+            return "\(device): swiotlb buffer is full (sz: \(size) bytes)"
+        case let .dmaStaleTLBAccess(device, iova, isWrite, ago):
+            return "DMA device-side: \(device) \(isWrite ? "wrote" : "read") iova \(iova) \(ago) ns after it was unmapped, through a stale IOTLB entry"
+        case let .dmaDeviceWriteToToDeviceMapping(device, iova, size):
+            return "DMA device-side: \(device) wrote \(size) bytes at iova \(iova), mapped to-device only"
         case let .deviceRequiresDirectMapping(device):
             return "\(device): Firmware has requested this device have a 1:1 IOMMU mapping, rejecting configuring the device without a 1:1 mapping. Contact your platform vendor."
         case let .virtioConfigWriteIgnored(offset, value):
@@ -265,6 +333,25 @@ public enum IOMMUWarning: Hashable, Sendable, CustomStringConvertible {
 }
 
 extension IOMMUWarning {
+    /// Linux's names of `enum dma_data_direction` values (0 bidirectional, 1 to device, 2 from device, 3 none).
+    public static func dmaDirectionName(_ raw: UInt8) -> String {
+        switch raw {
+        case 0: "DMA_BIDIRECTIONAL"
+        case 1: "DMA_TO_DEVICE"
+        case 2: "DMA_FROM_DEVICE"
+        default: "DMA_NONE"
+        }
+    }
+
+    /// Mapping kinds the DMA-API debug layer distinguishes (0 page, 1 scatterlist, 2 coherent).
+    public static func dmaKindName(_ raw: UInt8) -> String {
+        switch raw {
+        case 0: "single page"
+        case 1: "scatter-gather"
+        default: "coherent"
+        }
+    }
+
     /// Linux's `iommu_domain_type_str()` for a raw domain type: "Blocked", "Passthrough",
     /// "Unmanaged", "Translated" (DMA and DMA-FQ), "Unknown".
     public static func domainTypeDisplayName(_ rawType: UInt32) -> String {

@@ -9,11 +9,14 @@ struct BenchCommand: ParsableCommand {
         discussion: """
             Groups: iova (IOVA allocator workloads vs Linux), pgtable (page-table map/unmap, \
             iovaToPhys, hardware walker), translate (device DMA through the SMMU model: TLB hit/miss), \
-            vfio (type1 MAP/UNMAP). `iommu bench` alone runs \
-            `all`, a quick version of each. Build in release (`swift build -c release`) before \
-            trusting the numbers.
+            vfio (type1 MAP/UNMAP), dma-map (Linux dma_map_benchmark-style map/unmap latency). \
+            `iommu bench` alone runs `all`, a quick version of each. Build in release \
+            (`swift build -c release`) before trusting the numbers.
             """,
-        subcommands: [AllBenchCommand.self, IOVABenchCommand.self, PageTableBenchCommand.self, TranslateBenchCommand.self, VFIOBenchCommand.self],
+        subcommands: [
+            AllBenchCommand.self, IOVABenchCommand.self, PageTableBenchCommand.self, TranslateBenchCommand.self,
+            VFIOBenchCommand.self, DMAMapBenchCommand.self,
+        ],
         defaultSubcommand: AllBenchCommand.self
     )
 }

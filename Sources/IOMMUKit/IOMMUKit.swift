@@ -7,3 +7,4 @@
 @_exported import VFIOType1
 @_exported import VirtioIOMMU
 @_exported import IOMMUHardware
+@_exported import DMAMapping
