@@ -177,6 +177,47 @@ struct InspectCommandTests {
         #expect(plain.contains("\"virtio_iommu\": null"))
     }
 
+    @Test func virtioBypassConfigNegotiationAndRawRequestsRun() throws {
+        let text = """
+            platform:
+              iommus: []
+              devices: [{name: d, pci: {address: "00:01.0"}}]
+              virtio-iommu:
+                features: [version-1, map-unmap, bypass-config]
+                boot-bypass: true
+                endpoints: [{device: d, id: 8}]
+            workload:
+              - virtio-negotiate: [map-unmap]
+                expect: EINVAL
+              - virtio-negotiate: [version-1, map-unmap, bypass-config]
+              - virtio-translate: {endpoint: d, iova: 0x1234}
+                expect: {virtio-translation: {endpoint: d, iova: 0x1234, bypass: true}}
+              - virtio-config-write: {offset: 36, data: "00"}
+                expect: {virtio-translation: {endpoint: 8, iova: 0x1234, fault: true}}
+              - virtio-config-read: {offset: 36, length: 1}
+                expect: {data: "00"}
+              - virtio-request:
+                  attach: {domain: 0, endpoint: d, bypass: true}
+                expect: {virtio-status: OK, virtio-endpoint: {endpoint: d, domain: 0}, dma-path: {device: d, path: identity}}
+              - virtio-request: {readable: "01 00 00 00 05 00 00 00 08 00 00 00 00 00 00 00 00 00 00 00", writable: 4}
+                expect: {virtio-status: OK, virtio-endpoint: {endpoint: d, domain: 5}}
+              - virtio-request:
+                  map: {domain: 5, virt-start: 0x1000, virt-end: 0x1fff, phys-start: 0xa0000000, flags: r}
+              - virtio-dma-write: {endpoint: d, iova: 0x1000, data: "ff"}
+                expect: {faults: 1}
+              - virtio-events: {take: true}
+                expect: {virtio-events: 0}
+              - virtio-request:
+                  probe: {endpoint: 99}
+                note: PROBE is not offered here - no reply at all
+                expect: {used-length: 0}
+            """
+        let path = writeTemporary(Array(text.utf8), name: "virtio-bypass.yaml")
+        let outcome = try RunCommand.parse([path]).execute()
+        #expect(outcome.status == 0, "\(outcome.standardOutput)\(outcome.standardError)")
+        #expect(outcome.standardOutput.contains("dropped"))
+    }
+
     @Test func virtioFailedExpectationExitsOne() throws {
         let text = """
             platform:
