@@ -65,7 +65,7 @@ let package = Package(
             name: "IOMMUScenario",
             dependencies: [
                 "IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "IOMMUHardware", "VFIOType1",
-                .product(name: "Yams", package: "Yams"),
+                "VirtioIOMMU", .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strictSettings
         ),

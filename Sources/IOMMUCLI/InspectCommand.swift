@@ -108,6 +108,26 @@ struct InspectCommand: ParsableCommand {
             for r in i.vfioValidRanges { out += "  valid iova range [\(hex(r.0)), \(hex(r.1))]\n" }
             for m in i.vfioMappings { out += "  \(m)\n" }
         }
+        if let v = i.virtio {
+            out += "\nvirtio-iommu:\n"
+            out += "  features offered \(v.offeredFeatures)\n  negotiated \(v.negotiatedFeatures)\n"
+            out += "  config: " + v.config.map { "\($0.name) \($0.value)" }.joined(separator: ", ") + "\n"
+            out += "  domains (\(v.domains.count)):\n"
+            for d in v.domains {
+                out += "    domain \(d.id): \(d.kind), core domain#\(d.coreDomain), endpoints \(d.endpoints.map(String.init).joined(separator: ", "))\n"
+                for m in d.mappings { out += "      \(m)\n" }
+                if d.mappings.isEmpty && d.kind != "bypass" { out += "      (no mappings)\n" }
+            }
+            out += "  endpoints (\(v.endpoints.count)):\n"
+            for e in v.endpoints {
+                let state = e.domain.map { "domain \($0)" } ?? (e.bypassing ? "unattached, bypass" : "unattached, blocked")
+                out += "    endpoint \(e.id) (\(e.device)): \(state)\n"
+                for r in e.reservedRegions { out += "      resv \(r)\n" }
+            }
+            out += "  requestq: \(v.pendingRequests) pending; answered: \(v.requests.isEmpty ? "none" : v.requests.map { "\($0.status) \($0.count)" }.joined(separator: ", "))\n"
+            out += "  eventq: \(v.availableEventBuffers) buffer(s) posted, \(v.usedEventBuffers) used not taken, \(v.eventsDelivered) event(s) delivered, \(v.eventsDropped) dropped\n"
+            out += "  consistency: " + (v.consistencyViolations.isEmpty ? "page tables agree with the mapping record\n" : "\(v.consistencyViolations.count) violation(s)\n" + v.consistencyViolations.map { "    \($0)\n" }.joined())
+        }
         out += "\nFlush queues: \(i.flushQueues.isEmpty ? "not modelled yet (arrives with DMAMapping)" : i.flushQueues.joined(separator: "; "))\n"
         return out
     }
@@ -152,6 +172,27 @@ struct InspectCommand: ParsableCommand {
             ("vfio", .object([("valid_iova_ranges", .array(i.vfioValidRanges.map { .array([.hex($0.0), .hex($0.1)]) })),
                               ("mappings", .array(i.vfioMappings.map(JSON.string)))])),
             ("flush_queues", .array(i.flushQueues.map(JSON.string))),
+            ("virtio_iommu", i.virtio.map { v in
+                .object([
+                    ("features", .object([("offered", .string(v.offeredFeatures)), ("negotiated", .string(v.negotiatedFeatures))])),
+                    ("config", .object(v.config.map { ($0.name, JSON.string($0.value)) })),
+                    ("domains", .array(v.domains.map { d in
+                        .object([("id", .uint(UInt64(d.id))), ("kind", .string(d.kind)), ("granule", .uint(d.granule)),
+                                 ("core_domain", .uint(d.coreDomain)), ("endpoints", .array(d.endpoints.map { .uint(UInt64($0)) })),
+                                 ("mappings", .array(d.mappings.map(JSON.string)))])
+                    })),
+                    ("endpoints", .array(v.endpoints.map { e in
+                        .object([("id", .uint(UInt64(e.id))), ("device", .string(e.device)),
+                                 ("domain", e.domain.map { .uint(UInt64($0)) } ?? .null), ("bypass", .bool(e.bypassing)),
+                                 ("reserved_regions", .array(e.reservedRegions.map(JSON.string)))])
+                    })),
+                    ("requestq", .object([("pending", .int(Int64(v.pendingRequests))),
+                                          ("answered", .object(v.requests.map { ($0.status, JSON.uint($0.count)) }))])),
+                    ("eventq", .object([("posted", .int(Int64(v.availableEventBuffers))), ("used_not_taken", .int(Int64(v.usedEventBuffers))),
+                                        ("delivered", .uint(v.eventsDelivered)), ("dropped", .uint(v.eventsDropped))])),
+                    ("consistency_violations", .array(v.consistencyViolations.map(JSON.string))),
+                ])
+            } ?? .null),
         ])
     }
 }

@@ -98,6 +98,18 @@ struct RunCommandTests {
         ("step-out-of-range", Array("platform:\n  iommus: [{name: s, kind: smmu}]\n  devices: [{name: d, bus: platform, iommu: s, stream-ids: [0x10000]}]\n".utf8), 3, "out of range"),
         ("bad-pci-address", Array("platform:\n  iommus: []\n  devices:\n    - {name: d, pci: {address: \"0000:zz:00.0\"}}\n".utf8), 4, "expected a PCI address"),
         ("bad-errno", Array("platform:\n  iommus: []\nworkload:\n  - retry-deferred-probes: x\n    expect: EWHAT\n".utf8), 5, "unknown errno"),
+        ("virtio-bad-feature", Array("platform:\n  iommus: []\n  devices: [{name: d, bus: platform}]\n  virtio-iommu:\n    features: [version-1, warp-drive]\n    endpoints: []\n".utf8), 5, "unknown feature 'warp-drive'"),
+        ("virtio-endpoint-behind-iommu", Array("platform:\n  iommus: [{name: s, kind: smmu}]\n  devices: [{name: d, bus: platform, iommu: s, stream-ids: [1]}]\n  virtio-iommu:\n    endpoints: [{device: d, id: 8}]\n".utf8), 5, "a virtio-iommu endpoint has no 'iommu'"),
+        ("virtio-input-range", Array("platform:\n  iommus: []\n  virtio-iommu:\n    input-range: [0, 0x1_0000_0000_0000]\n    endpoints: []\n".utf8), 4, "out of range"),
+        ("virtio-step-without-device", Array("platform:\n  iommus: []\nworkload:\n  - virtio-negotiate: linux\n".utf8), 4, "needs a 'virtio-iommu' section"),
+        ("virtio-request-two-kinds", Array("platform:\n  iommus: []\n  devices: [{name: d, pci: {address: \"00:01.0\"}}]\n  virtio-iommu:\n    endpoints: [{device: d, id: 8}]\nworkload:\n  - virtio-request:\n      attach: {domain: 1, endpoint: d}\n      detach: {domain: 1, endpoint: d}\n".utf8), 9, "expected exactly one of"),
+        ("virtio-request-missing-field", Array("platform:\n  iommus: []\n  devices: [{name: d, pci: {address: \"00:01.0\"}}]\n  virtio-iommu:\n    endpoints: [{device: d, id: 8}]\nworkload:\n  - virtio-request:\n      map: {domain: 1, virt-start: 0x1000, phys-start: 0x80000000}\n".utf8), 8, "missing required key 'virt-end'"),
+        ("virtio-request-bad-flags", Array("platform:\n  iommus: []\n  devices: [{name: d, pci: {address: \"00:01.0\"}}]\n  virtio-iommu:\n    endpoints: [{device: d, id: 8}]\nworkload:\n  - virtio-request:\n      map: {domain: 1, virt-start: 0, virt-end: 0xfff, phys-start: 0, flags: rwx}\n".utf8), 8, "unknown map flag 'x'"),
+        ("virtio-raw-without-writable", Array("platform:\n  iommus: []\n  devices: [{name: d, pci: {address: \"00:01.0\"}}]\n  virtio-iommu:\n    endpoints: [{device: d, id: 8}]\nworkload:\n  - virtio-request: {readable: \"02 00 00 00\"}\n".utf8), 7, "needs 'writable"),
+        ("virtio-raw-bad-hex", Array("platform:\n  iommus: []\n  devices: [{name: d, pci: {address: \"00:01.0\"}}]\n  virtio-iommu:\n    endpoints: [{device: d, id: 8}]\nworkload:\n  - virtio-request: {readable: \"0g\", writable: 4}\n".utf8), 7, "is not a hex byte"),
+        ("virtio-unknown-endpoint", Array("platform:\n  iommus: []\n  devices: [{name: d, pci: {address: \"00:01.0\"}}]\n  virtio-iommu:\n    endpoints: [{device: d, id: 8}]\nworkload:\n  - virtio-dma-read: {endpoint: ghost, iova: 0, length: 4}\n".utf8), 7, "unknown endpoint 'ghost'"),
+        ("virtio-bad-status", Array("platform:\n  iommus: []\n  devices: [{name: d, pci: {address: \"00:01.0\"}}]\n  virtio-iommu:\n    endpoints: [{device: d, id: 8}]\nworkload:\n  - virtio-negotiate: linux\n    expect: {virtio-status: MAYBE}\n".utf8), 8, "unknown virtio status 'MAYBE'"),
+        ("virtio-bad-fault-reason", Array("platform:\n  iommus: []\n  devices: [{name: d, pci: {address: \"00:01.0\"}}]\n  virtio-iommu:\n    endpoints: [{device: d, id: 8}]\nworkload:\n  - virtio-events: {take: true}\n    expect: {fault-event: {reason: cosmic-ray}}\n".utf8), 8, "unknown fault reason"),
     ]
 
     @Test(arguments: malformed.indices)
@@ -143,6 +155,86 @@ struct InspectCommandTests {
         #expect(outcome.standardOutput.contains("0xffffe000..0xffffffff -> "))
         #expect(outcome.standardOutput.contains("allocated 0xffffe000..0xffffffff"))
         #expect(outcome.standardOutput.contains("table 0x"))
+    }
+
+    @Test func virtioSectionShowsDomainsEndpointsQueues() throws {
+        let path = repositoryRoot + "/examples/06-virtio-iommu-guest.yaml"
+        let text = try InspectCommand.parse([path, "--at", "8"]).execute().standardOutput
+        #expect(text.contains("virtio-iommu:"))
+        #expect(text.contains("negotiated INPUT_RANGE|DOMAIN_RANGE|MAP_UNMAP|PROBE|MMIO|BYPASS_CONFIG|VERSION_1"))
+        #expect(text.contains("domain 1: arm-lpae-s2/4K"))
+        #expect(text.contains("[0xfffff000, 0xffffffff] -> 0xa0100000 rw"))
+        #expect(text.contains("endpoint 8 (nic0): domain 1"))
+        #expect(text.contains("resv msi [0xfee00000, 0xfeefffff]"))
+        #expect(text.contains("eventq: 4 buffer(s) posted, 0 used not taken, 0 event(s) delivered, 1 dropped"))
+        #expect(text.contains("consistency: page tables agree"))
+        let json = try InspectCommand.parse([path, "--at", "16", "--json"]).execute().standardOutput
+        #expect(json.contains("\"virtio_iommu\""))
+        #expect(json.contains("\"consistency_violations\": []"))
+        #expect(json.contains("\"delivered\": 1"))
+        #expect(json.contains("\"domain\": null"))
+        let plain = try InspectCommand.parse([repositoryRoot + "/examples/01-bogus-unmap.yaml", "--json"]).execute().standardOutput
+        #expect(plain.contains("\"virtio_iommu\": null"))
+    }
+
+    @Test func virtioBypassConfigNegotiationAndRawRequestsRun() throws {
+        let text = """
+            platform:
+              iommus: []
+              devices: [{name: d, pci: {address: "00:01.0"}}]
+              virtio-iommu:
+                features: [version-1, map-unmap, bypass-config]
+                boot-bypass: true
+                endpoints: [{device: d, id: 8}]
+            workload:
+              - virtio-negotiate: [map-unmap]
+                expect: EINVAL
+              - virtio-negotiate: [version-1, map-unmap, bypass-config]
+              - virtio-translate: {endpoint: d, iova: 0x1234}
+                expect: {virtio-translation: {endpoint: d, iova: 0x1234, bypass: true}}
+              - virtio-config-write: {offset: 36, data: "00"}
+                expect: {virtio-translation: {endpoint: 8, iova: 0x1234, fault: true}}
+              - virtio-config-read: {offset: 36, length: 1}
+                expect: {data: "00"}
+              - virtio-request:
+                  attach: {domain: 0, endpoint: d, bypass: true}
+                expect: {virtio-status: OK, virtio-endpoint: {endpoint: d, domain: 0}, dma-path: {device: d, path: identity}}
+              - virtio-request: {readable: "01 00 00 00 05 00 00 00 08 00 00 00 00 00 00 00 00 00 00 00", writable: 4}
+                expect: {virtio-status: OK, virtio-endpoint: {endpoint: d, domain: 5}}
+              - virtio-request:
+                  map: {domain: 5, virt-start: 0x1000, virt-end: 0x1fff, phys-start: 0xa0000000, flags: r}
+              - virtio-dma-write: {endpoint: d, iova: 0x1000, data: "ff"}
+                expect: {faults: 1}
+              - virtio-events: {take: true}
+                expect: {virtio-events: 0}
+              - virtio-request:
+                  probe: {endpoint: 99}
+                note: PROBE is not offered here - no reply at all
+                expect: {used-length: 0}
+            """
+        let path = writeTemporary(Array(text.utf8), name: "virtio-bypass.yaml")
+        let outcome = try RunCommand.parse([path]).execute()
+        #expect(outcome.status == 0, "\(outcome.standardOutput)\(outcome.standardError)")
+        #expect(outcome.standardOutput.contains("dropped"))
+    }
+
+    @Test func virtioFailedExpectationExitsOne() throws {
+        let text = """
+            platform:
+              iommus: []
+              devices: [{name: d, pci: {address: "00:01.0"}}]
+              virtio-iommu:
+                endpoints: [{device: d, id: 8}]
+            workload:
+              - virtio-negotiate: linux
+              - virtio-request:
+                  map: {domain: 1, virt-start: 0x1000, virt-end: 0x1fff, phys-start: 0xa0000000}
+                expect: {virtio-status: OK}
+            """
+        let path = writeTemporary(Array(text.utf8), name: "virtio-fail.yaml")
+        let outcome = try RunCommand.parse([path]).execute()
+        #expect(outcome.status == 1)
+        #expect(outcome.standardOutput.contains("✗ expect virtio status OK: got NOENT"))
     }
 
     @Test func atOutOfRangeIsExitTwo() throws {

@@ -41,7 +41,7 @@ extension Scenario {
     }
 
     static func parsePlatform(_ field: Field) throws(ScenarioInputError) -> Platform {
-        let map = try field.mapping(allowed: ["cpu-page-size", "default-domain", "ram", "iommus", "devices", "vfio"])
+        let map = try field.mapping(allowed: ["cpu-page-size", "default-domain", "ram", "iommus", "devices", "vfio", "virtio-iommu"])
         var platform = Platform()
         if let f = map["cpu-page-size"] {
             platform.cpuPageSize = try parsePageSize(f)
@@ -92,6 +92,7 @@ extension Scenario {
                 platform.devices.append(device)
             }
         }
+        if let f = map["virtio-iommu"] { platform.virtio = try parseVirtio(f, platform: platform) }
         return platform
     }
 
@@ -143,27 +144,31 @@ extension Scenario {
         var streams: [UInt32] = []
         if let s = m["stream-ids"] { for e in try s.array() { streams.append(UInt32(try e.number(in: 0...0xFFFF))) } }
         if iommu != nil && streams.isEmpty { throw f.fail("a device behind an IOMMU needs 'stream-ids'") }
-        var regions: [ReservedRegion] = []
-        if let r = m["reserved-regions"] {
-            for e in try r.array() {
-                let rm = try e.mapping(allowed: ["start", "length", "type"])
-                let start = try rm.required("start").number()
-                let length = try rm.required("length").number(in: 1...UInt64.max)
-                guard start.addingReportingOverflow(length - 1).overflow == false else { throw e.fail("region passes 2^64") }
-                let typeField = try rm.required("type")
-                let types: [String: ReservedRegionType] = ["direct": .direct, "direct-relaxable": .directRelaxable,
-                                                           "reserved": .reserved, "msi": .msi, "sw-msi": .swMSI]
-                let typeName = try typeField.string()
-                guard let type = types[typeName] else { throw typeField.fail("unknown region type '\(typeName)'; expected direct, direct-relaxable, reserved, msi or sw-msi") }
-                let prot: IOMMUProt = type == .msi || type == .swMSI ? [.write, .noExec, .mmio] : [.read, .write]
-                regions.append(ReservedRegion(start: start, length: length, prot: prot, type: type))
-            }
-        }
+        let regions = try m["reserved-regions"].map { r throws(ScenarioInputError) in try parseReservedRegions(r) } ?? []
         return DeviceSpec(
             name: name, bus: bus, iommu: iommu, streamIDs: streams, pciAddress: address, dmaAliases: aliases,
             acsIsolated: acs, untrusted: try m["untrusted"]?.bool() ?? false,
             dmaMaskBits: try m["dma-mask"]?.int(in: 24...64) ?? 64, reservedRegions: regions,
             presentAtBoot: try m["present-at-boot"]?.bool() ?? true, driver: try m["driver"]?.string(), line: f.line)
+    }
+
+    /// `reserved-regions: [{start, length, type}]` (firmware regions).
+    static func parseReservedRegions(_ r: Field) throws(ScenarioInputError) -> [ReservedRegion] {
+        var regions: [ReservedRegion] = []
+        for e in try r.array() {
+            let rm = try e.mapping(allowed: ["start", "length", "type"])
+            let start = try rm.required("start").number()
+            let length = try rm.required("length").number(in: 1...UInt64.max)
+            guard start.addingReportingOverflow(length - 1).overflow == false else { throw e.fail("region passes 2^64") }
+            let typeField = try rm.required("type")
+            let types: [String: ReservedRegionType] = ["direct": .direct, "direct-relaxable": .directRelaxable,
+                                                       "reserved": .reserved, "msi": .msi, "sw-msi": .swMSI]
+            let typeName = try typeField.string()
+            guard let type = types[typeName] else { throw typeField.fail("unknown region type '\(typeName)'; expected direct, direct-relaxable, reserved, msi or sw-msi") }
+            let prot: IOMMUProt = type == .msi || type == .swMSI ? [.write, .noExec, .mmio] : [.read, .write]
+            regions.append(ReservedRegion(start: start, length: length, prot: prot, type: type))
+        }
+        return regions
     }
 
     // MARK: - Steps
@@ -332,13 +337,13 @@ extension Scenario {
             }
         }
         var expectations: [Expectation] = []
-        if let e = m["expect"] { expectations = try parseExpectations(e, device: device, value: value, bytes: bytes) }
+        if let e = m["expect"] { expectations = try parseExpectations(e, platform: platform, device: device, value: value, bytes: bytes) }
         if actions.isEmpty && expectations.isEmpty { throw f.fail("a step needs an action (\(actionKeys.filter { $0 != "expect" }.joined(separator: ", "))) or 'expect'") }
         return Step(action: action, expect: expectations, note: note, line: f.line)
     }
 
     static func parseExpectations(
-        _ f: Field, device: (Field) throws(ScenarioInputError) -> String, value: (Field) throws(ScenarioInputError) -> Value,
+        _ f: Field, platform: Platform, device: (Field) throws(ScenarioInputError) -> String, value: (Field) throws(ScenarioInputError) -> Value,
         bytes: (Field) throws(ScenarioInputError) -> [UInt8]
     ) throws(ScenarioInputError) -> [Expectation] {
         func errno(_ field: Field) throws(ScenarioInputError) -> Errno? {
@@ -355,7 +360,7 @@ extension Scenario {
         if case .scalar = f.node { return [.errno(try errno(f))] }
         let m = try f.mapping(allowed: ["errno", "bytes", "data", "warning", "no-warnings", "faults", "iova", "group", "same-group",
                                         "probe-state", "dma-path", "translation", "domain-type", "group-count",
-                                        "valid-iova-ranges", "pinned-pages", "vfio-mappings"])
+                                        "valid-iova-ranges", "pinned-pages", "vfio-mappings"] + layerExpectationKeys)
         var out: [Expectation] = []
         for (key, v) in m.entries {
             switch key {
@@ -413,7 +418,10 @@ extension Scenario {
             case "pinned-pages":
                 let g = try v.mapping(allowed: ["driver", "count"])
                 out.append(.pinnedPages(driver: try g.required("driver").string(), count: try g.required("count").int(in: 0...1 << 20)))
-            default: break
+            default:
+                if let type = layerExpectations.first(where: { $0.expectationKeys.contains(key) }) {
+                    out.append(.layer(LayerExpectation(base: try type.parse(key: key, value: v, platform: platform))))
+                }
             }
         }
         return out

@@ -19,6 +19,8 @@ public struct Scenario: Sendable {
         public var devices: [DeviceSpec] = []
         public var allowUnsafeInterrupts = false
         public var lockedMemoryLimit: UInt64 = 64 << 20
+        /// A virtio-iommu device (`virtio-iommu:`), with platform devices as its endpoints.
+        public var virtio: VirtioSpec?
     }
 
     public enum DefaultDomainPolicy: String, Sendable, CaseIterable {
@@ -162,5 +164,12 @@ public struct Scenario: Sendable {
         case validIOVARanges([(UInt64, UInt64)])
         case pinnedPages(driver: String, count: Int)
         case vfioMappings(Int)
+        /// A check a layer brought in its own file (`ScenarioLayerExpectation`).
+        case layer(LayerExpectation)
+    }
+
+    /// A layer expectation, boxed (the protocol is internal).
+    public struct LayerExpectation: Sendable {
+        let base: any ScenarioLayerExpectation
     }
 }

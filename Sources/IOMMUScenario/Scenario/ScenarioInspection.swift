@@ -4,6 +4,7 @@ import IOMMUHardware
 import PhysicalMemory
 import IOPageTable
 import IOVAAllocator
+import VirtioIOMMU
 
 /// The state `iommu inspect` shows, taken from a runner after some steps.
 public struct ScenarioInspection: Sendable {
@@ -73,6 +74,44 @@ public struct ScenarioInspection: Sendable {
     public var vfioValidRanges: [(UInt64, UInt64)] = []
     /// Flush-queue state arrives with DMAMapping.
     public var flushQueues: [String] = []
+    /// The virtio-iommu device, when the platform has one.
+    public var virtio: VirtioIOMMUState?
+
+    /// `iommu inspect`'s virtio-iommu section.
+    public struct VirtioIOMMUState: Sendable {
+        public struct Domain: Sendable {
+            public var id: UInt32
+            /// "bypass" or the table format/granule ("armLPAEStage2/4K").
+            public var kind: String
+            public var granule: UInt64
+            public var coreDomain: UInt64
+            public var endpoints: [UInt32]
+            public var mappings: [String]
+        }
+        public struct Endpoint: Sendable {
+            public var id: UInt32
+            public var device: String
+            /// nil: unattached.
+            public var domain: UInt32?
+            public var bypassing: Bool
+            public var reservedRegions: [String]
+        }
+        public var offeredFeatures: String
+        public var negotiatedFeatures: String
+        /// `struct virtio_iommu_config` fields, as the driver reads them.
+        public var config: [(name: String, value: String)]
+        public var domains: [Domain]
+        public var endpoints: [Endpoint]
+        public var pendingRequests: Int
+        public var availableEventBuffers: Int
+        public var usedEventBuffers: Int
+        public var eventsDelivered: UInt64
+        public var eventsDropped: UInt64
+        /// Requests answered, per status ("OK": 3).
+        public var requests: [(status: String, count: UInt64)]
+        /// `mappingConsistencyViolations()`: empty when the tables agree with the mapping record.
+        public var consistencyViolations: [String]
+    }
 }
 
 extension ScenarioRunner {
@@ -103,12 +142,13 @@ extension ScenarioRunner {
             let names = info.devices.compactMap { core.deviceInfo($0)?.name }
             out.groups.append(.init(
                 id: gid, devices: names, domain: info.domain.map { "domain#\($0.serial)" } ?? "none",
-                domainType: info.domain?.type.sysfsName ?? "none", ownedByVFIO: info.owner != nil,
+                domainType: info.domain?.type.sysfsName ?? "none", ownedByVFIO: info.owner != nil && !isVirtioEndpoint(names),
                 reservedRegions: core.reservedRegions(ofGroup: gid)?.sysfsText ?? ""))
             if let d = info.domain { domains[d.serial, default: (d, [])].1 += names }
         }
         for (serial, (domain, names)) in domains.sorted(by: { $0.key < $1.key }) {
-            let iommu = names.first.flatMap { n in scenario.platform.devices.first { $0.name == n }?.iommu } ?? "?"
+            let iommu = names.first.flatMap { n in scenario.platform.devices.first { $0.name == n }?.iommu }
+                ?? (isVirtioEndpoint(names) ? VirtioIOMMUDevice.instanceName : "?")
             var tables: [ScenarioInspection.TablePage] = []
             var format = "none"
             if let ops = domain.ops as? SMMUDomainOps, case .stage1(let r)? = ops.tableRegisters {
@@ -169,6 +209,38 @@ extension ScenarioRunner {
             }
             out.vfioValidRanges = c.validIOVARanges.map { ($0.first.rawValue, $0.last.rawValue) }
         }
+        if let v = virtio { out.virtio = Self.virtioState(v.device) }
         return out
+    }
+
+    /// Whether a group's devices are virtio-iommu endpoints (their group is owned by the device).
+    func isVirtioEndpoint(_ names: [String]) -> Bool {
+        guard let spec = virtio?.spec else { return false }
+        return names.contains { n in spec.endpoints.contains { $0.device == n } }
+    }
+
+    static func virtioState(_ device: VirtioIOMMUDevice) -> ScenarioInspection.VirtioIOMMUState {
+        let snap = device.snapshot
+        let c = device.configSpace
+        func le(_ r: Range<Int>) -> UInt64 { c[r].reversed().reduce(0) { $0 << 8 | UInt64($1) } }
+        let hex = { (v: UInt64) in "0x" + String(v, radix: 16) }
+        return .init(
+            offeredFeatures: "\(snap.offeredFeatures)", negotiatedFeatures: "\(snap.negotiatedFeatures)",
+            config: [("page_size_mask", hex(le(0..<8))), ("input_range", "[\(hex(le(8..<16))), \(hex(le(16..<24)))]"),
+                     ("domain_range", "[\(hex(le(24..<28))), \(hex(le(28..<32)))]"), ("probe_size", "\(le(32..<36))"), ("bypass", "\(c[36])")],
+            domains: snap.domains.map { d in
+                .init(id: d.id, kind: d.isBypass ? "bypass" : (d.table?.description ?? "?"), granule: d.table?.granule.bytes ?? 0,
+                      coreDomain: d.coreDomainSerial, endpoints: d.endpoints, mappings: d.mappings.map(\.description))
+            },
+            endpoints: snap.endpoints.map { e in
+                .init(id: e.id, device: e.name, domain: e.domain, bypassing: e.bypassing, reservedRegions: e.reservedRegions.map(\.description))
+            },
+            pendingRequests: snap.pendingRequests, availableEventBuffers: snap.availableEventBuffers, usedEventBuffers: snap.usedEventBuffers,
+            eventsDelivered: snap.statistics.eventsDelivered, eventsDropped: snap.statistics.eventsDropped,
+            requests: VirtioIOMMUStatus.allCases.compactMap { s in
+                let n = snap.statistics.requestsByStatus[Int(s.rawValue)]
+                return n == 0 ? nil : (s.description, n)
+            } + (snap.statistics.requestsUnanswered > 0 ? [("unanswered", snap.statistics.requestsUnanswered)] : []),
+            consistencyViolations: device.mappingConsistencyViolations())
     }
 }

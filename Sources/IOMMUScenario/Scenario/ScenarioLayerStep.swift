@@ -19,7 +19,24 @@ extension Scenario {
     /// Every layer step type. One line per layer.
     static let layerSteps: [any ScenarioLayerStep.Type] = [
         ClockStep.self,
+        VirtioStep.self,
     ]
 
     static var layerActionKeys: [String] { layerSteps.flatMap { $0.actionKeys } }
+
+    /// Every layer expectation type. One line per layer.
+    static let layerExpectations: [any ScenarioLayerExpectation.Type] = [
+        VirtioExpectation.self,
+    ]
+
+    static var layerExpectationKeys: [String] { layerExpectations.flatMap { $0.expectationKeys } }
+}
+
+/// An `expect:` key a layer adds in its own file (checked after the step ran).
+protocol ScenarioLayerExpectation: Sendable {
+    /// The expectation keys this type handles ("virtio-status").
+    static var expectationKeys: [String] { get }
+    static func parse(key: String, value: Field, platform: Scenario.Platform) throws(ScenarioInputError) -> Self
+    /// Whether it held, what was expected (narrated), and what happened instead.
+    func check(on runner: ScenarioRunner) -> (held: Bool, what: String, actual: String)
 }

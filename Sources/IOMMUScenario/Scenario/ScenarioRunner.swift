@@ -5,6 +5,7 @@ import IOPageTable
 import IOVAAllocator
 import PhysicalMemory
 import VFIOType1
+import VirtioIOMMU
 
 /// An emulated vendor driver's own record of the pages it pinned (per IOVA page).
 final class PinTracker: Sendable {
@@ -40,6 +41,8 @@ public final class ScenarioRunner {
     var vfioGroups: [String: VFIOGroup] = [:]
     var vfioDrivers: [String: (VFIOEmulatedDevice, PinTracker)] = [:]
     var faults: [String] = []
+    /// The virtio-iommu device of the platform (`virtio-iommu:`), if any.
+    var virtio: ScenarioVirtio?
     var random: SplitMix64
     public internal(set) var clockNanoseconds: UInt64 = 0
     public private(set) var report: ScenarioReport
@@ -63,6 +66,7 @@ public final class ScenarioRunner {
             hardware[spec.name] = ScenarioHardware(spec: spec, memory: memory, frames: frames, core: core)
         }
         dma = DMAPlatform(memory: memory, core: core, hardware: p.iommus.compactMap { hardware[$0.name]?.model })
+        if let spec = p.virtio { virtio = try ScenarioVirtio(spec: spec, memory: memory, frames: frames, core: core, warnings: warnings) }
         boot()
     }
 
@@ -116,7 +120,9 @@ public final class ScenarioRunner {
         }
         let description = DeviceDescription(name: name, bus: spec.bus, iommu: firmware, pci: pci, firmwareReservedRegions: spec.reservedRegions)
         do throws(IOMMUError) {
-            let id = try core.addDevice(description)
+            // A virtio-iommu endpoint is added by the device (behind its "virtio-iommu" instance).
+            let id: DeviceID
+            if let v = virtio, let endpoint = try v.addEndpoint(device: name, description: description) { id = endpoint } else { id = try core.addDevice(description) }
             deviceIDs[name] = id
             return .success(id)
         } catch {
@@ -487,6 +493,7 @@ public final class ScenarioRunner {
         var record = ScenarioReport.StepRecord(index: index, line: step.line, action: "\(step.action)", result: "ok", note: step.note)
         let faultsBefore = faults.count
         var outcome = Outcome()
+        virtio?.beginStep()
         do throws(IOMMUError) {
             outcome = try perform(step.action, record: &record)
             record.result = outcome.text ?? (outcome.bytes.map { "ok (\(hex($0)) bytes)" } ?? "ok")
@@ -556,6 +563,9 @@ public final class ScenarioRunner {
             case .vfioMappings(let n):
                 let actual = container?.mappings.count ?? 0
                 check(actual == n, "expect \(n) VFIO mapping(s)", "\(actual)")
+            case .layer(let e):
+                let (held, what, actual) = e.base.check(on: self)
+                check(held, what, actual)
             }
         }
         return record
@@ -575,12 +585,18 @@ public final class ScenarioRunner {
         for gid in core.groupIDs {
             guard let info = core.groupInfo(id: gid) else { continue }
             let names = info.devices.compactMap { core.deviceInfo($0)?.name }
-            lines.append("group \(gid): \(names.joined(separator: ", ")); domain \(info.domain.map { "\($0)" } ?? "none")\(info.owner != nil ? ", owned by VFIO" : "")")
+            lines.append("group \(gid): \(names.joined(separator: ", ")); domain \(info.domain.map { "\($0)" } ?? "none")\(info.owner != nil ? (isVirtioEndpoint(names) ? ", owned by virtio-iommu" : ", owned by VFIO") : "")")
         }
         for device in scenario.platform.devices {
             guard let devID = deviceIDs[device.name] else { continue }
             let driver = core.boundDriver(of: devID).map { ", driver \($0)" } ?? ""
             lines.append("\(device.name): \(stateName(devID)), DMA \(pathName(core.dmaPath(for: devID)))\(driver)")
+        }
+        if let v = virtio {
+            let snap = v.device.snapshot
+            lines.append("virtio-iommu: negotiated \(snap.negotiatedFeatures), \(snap.domains.count) domain(s), "
+                + "\(snap.domains.reduce(0) { $0 + $1.mappings.count }) mapping(s), \(snap.availableEventBuffers) event buffer(s) posted, "
+                + "\(snap.statistics.eventsDropped) event(s) dropped")
         }
         if !faults.isEmpty { lines.append("\(faults.count) fault(s) in total") }
         if let c = container {
