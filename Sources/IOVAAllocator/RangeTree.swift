@@ -418,36 +418,60 @@ struct RangeTree: ~Copyable {
         return n
     }
 
-    @inline(__always)
-    private func pull(_ t: Int32) { _ = pullChanged(t) }
+    // The summary helpers are static and take the buffers, not `self`: a non-mutating method
+    // called from a mutating one copied the whole tree struct to the stack first, and that copy
+    // (16-byte loads over fields just written) stalled on store forwarding.
 
     /// Recomputes `t`'s subtree summaries from its own gap and its children's summaries; returns
     /// whether they changed.
     @inline(__always)
-    private func pullChanged(_ t: Int32) -> Bool {
+    private static func pullChanged(_ nodes: UnsafeMutablePointer<Node>, _ own: UnsafeMutablePointer<SIMD8<UInt16>>, _ t: Int32) -> Bool {
         let p = nodes + Int(t)
         let l = nodes + Int(p.pointee.left), r = nodes + Int(p.pointee.right)
         let sub = vmax(own[Int(t)], vmax(l.pointee.sub, r.pointee.sub))
-        if sub == p.pointee.sub { return false }
+        if same(sub, p.pointee.sub) { return false }
         p.pointee.sub = sub
         return true
     }
 
+    /// Recomputes `t`'s subtree summaries unconditionally (no comparison).
     @inline(__always)
-    private func vmax(_ a: SIMD8<UInt16>, _ b: SIMD8<UInt16>) -> SIMD8<UInt16> {
+    private static func pullStore(_ nodes: UnsafeMutablePointer<Node>, _ own: UnsafeMutablePointer<SIMD8<UInt16>>, _ t: Int32) {
+        let p = nodes + Int(t)
+        let l = nodes + Int(p.pointee.left), r = nodes + Int(p.pointee.right)
+        p.pointee.sub = vmax(own[Int(t)], vmax(l.pointee.sub, r.pointee.sub))
+    }
+
+    /// `a == b` as two 64-bit compares: the generic SIMD `==` is compiled to a lane-by-lane loop
+    /// through memory (a store-forwarding stall per pull).
+    @inline(__always)
+    static func same(_ a: SIMD8<UInt16>, _ b: SIMD8<UInt16>) -> Bool {
+        let x = unsafeBitCast(a, to: (UInt64, UInt64).self)
+        let y = unsafeBitCast(b, to: (UInt64, UInt64).self)
+        return (x.0 ^ y.0) | (x.1 ^ y.1) == 0
+    }
+
+    @inline(__always)
+    private static func vmax(_ a: SIMD8<UInt16>, _ b: SIMD8<UInt16>) -> SIMD8<UInt16> {
         a.replacing(with: b, where: a .< b)
     }
+
+    @inline(__always)
+    private func vmax(_ a: SIMD8<UInt16>, _ b: SIMD8<UInt16>) -> SIMD8<UInt16> { Self.vmax(a, b) }
 
     /// Recomputes the summaries of `t` and its ancestors, stopping at the first node whose
     /// summaries do not change (then nothing above it can change either: every ancestor's summary
     /// is a maximum over its children's, and only this path's child changed).
-    private func pullToRoot(_ t: Int32) {
+    private static func pullToRoot(_ nodes: UnsafeMutablePointer<Node>, _ own: UnsafeMutablePointer<SIMD8<UInt16>>, _ t: Int32) {
         var t = t
         while t != 0 {
-            if !pullChanged(t) { return }
+            if !pullChanged(nodes, own, t) { return }
             t = nodes[Int(t)].parent
         }
     }
+
+    @inline(__always)
+    private func pullToRoot(_ t: Int32) { Self.pullToRoot(nodes, own, t) }
 
     /// Rotates `x` above its parent, keeping parent links and summaries of the two nodes.
     private mutating func rotateUp(_ x: Int32) {
@@ -473,8 +497,8 @@ struct RangeTree: ~Copyable {
         } else {
             nodes[Int(g)].right = x
         }
-        pull(p)
-        pull(x)
+        Self.pullStore(nodes, own, p)
+        Self.pullStore(nodes, own, x)
     }
 
     // MARK: - Iteration and checks
