@@ -78,11 +78,8 @@ struct RangeTree: ~Copyable {
     static var laneCount: Int { 8 }
 
     /// `2^k - 1` for lane k.
-    private static let laneMasks: SIMD8<UInt16> = {
-        var v = SIMD8<UInt16>()
-        for k in 0..<8 { v[k] = UInt16(truncatingIfNeeded: (1 << k) - 1) }
-        return v
-    }()
+    @inline(__always)
+    private static var laneMasks: SIMD8<UInt16> { SIMD8(0, 1, 3, 7, 15, 31, 63, 127) }
 
     /// The lane summary of one gap (see `own`). With `first = pred.hi + 1`, the room above the
     /// first 2^k-aligned pfn is `gap - pad_k` where `pad_k = (-first) mod 2^k`, or 0 when the
@@ -286,20 +283,20 @@ struct RangeTree: ~Copyable {
         }
         nodes[Int(n)].parent = attach
         if asLeft { nodes[Int(attach)].left = n } else { nodes[Int(attach)].right = n }
-        while true {
-            let p = nodes[Int(n)].parent
-            if p == 0 || nodes[Int(p)].priority >= nodes[Int(n)].priority { break }
-            rotateUp(n)
-        }
-        // Summaries are brought up to date one change at a time, so that the early stop in
-        // `pullToRoot` is sound: first the new leaf (rotations only reshuffle consistent
-        // summaries), then the successor's shrunken gap.
-        pullToRoot(nodes[Int(n)].parent)
+        // Summaries are brought up to date before the rotations (which only reshuffle consistent
+        // summaries), in one pass: the new leaf hangs below `succ` (its left child, or in its left
+        // subtree), so the path from the leaf up passes through `succ`, whose gap shrank; the
+        // early stop is allowed only above `succ`.
         if succ != 0 {
             let g = nodes[Int(succ)].lo &- hi &- 1
             nodes[Int(succ)].gap = g
             own[Int(succ)] = Self.lanes(lo: nodes[Int(succ)].lo, gap: g)
-            pullToRoot(succ)
+        }
+        Self.pullToRoot(nodes, own, from: attach, via: succ)
+        while true {
+            let p = nodes[Int(n)].parent
+            if p == 0 || nodes[Int(p)].priority >= nodes[Int(n)].priority { break }
+            rotateUp(n)
         }
         return n
     }
@@ -370,13 +367,18 @@ struct RangeTree: ~Copyable {
         nodes[Int(victim)].parent = 0
         nodes[Int(victim)].priority = 0
         freeList = victim
-        pullToRoot(parent)
-        if succSlot != 0 {
-            if moved.to == 0 {
-                nodes[Int(succSlot)].gap = newSuccGap
-                own[Int(succSlot)] = Self.lanes(lo: nodes[Int(succSlot)].lo, gap: newSuccGap)
-            }
-            pullToRoot(succSlot)
+        if succSlot != 0 && moved.to == 0 {
+            nodes[Int(succSlot)].gap = newSuccGap
+            own[Int(succSlot)] = Self.lanes(lo: nodes[Int(succSlot)].lo, gap: newSuccGap)
+        }
+        // One pass over both changes (the removed node below `parent`, the successor's grown
+        // gap): with two children or no right child, the successor's slot is `parent` or one
+        // of its ancestors; with only a right child, the successor lies in that child's subtree,
+        // now below `parent`.
+        if moved.to != 0 || node.right == 0 {
+            Self.pullToRoot(nodes, own, from: parent, via: succSlot)
+        } else {
+            Self.pullToRoot(nodes, own, from: succSlot, via: parent)
         }
         return moved
     }
@@ -418,35 +420,74 @@ struct RangeTree: ~Copyable {
         return n
     }
 
-    @inline(__always)
-    private func pull(_ t: Int32) { _ = pullChanged(t) }
+    // The summary helpers are static and take the buffers, not `self`: a non-mutating method
+    // called from a mutating one copied the whole tree struct to the stack first, and that copy
+    // (16-byte loads over fields just written) stalled on store forwarding.
 
     /// Recomputes `t`'s subtree summaries from its own gap and its children's summaries; returns
     /// whether they changed.
     @inline(__always)
-    private func pullChanged(_ t: Int32) -> Bool {
+    private static func pullChanged(_ nodes: UnsafeMutablePointer<Node>, _ own: UnsafeMutablePointer<SIMD8<UInt16>>, _ t: Int32) -> Bool {
         let p = nodes + Int(t)
         let l = nodes + Int(p.pointee.left), r = nodes + Int(p.pointee.right)
         let sub = vmax(own[Int(t)], vmax(l.pointee.sub, r.pointee.sub))
-        if sub == p.pointee.sub { return false }
+        if same(sub, p.pointee.sub) { return false }
         p.pointee.sub = sub
         return true
     }
 
+    /// Recomputes `t`'s subtree summaries unconditionally (no comparison).
     @inline(__always)
-    private func vmax(_ a: SIMD8<UInt16>, _ b: SIMD8<UInt16>) -> SIMD8<UInt16> {
+    private static func pullStore(_ nodes: UnsafeMutablePointer<Node>, _ own: UnsafeMutablePointer<SIMD8<UInt16>>, _ t: Int32) {
+        let p = nodes + Int(t)
+        let l = nodes + Int(p.pointee.left), r = nodes + Int(p.pointee.right)
+        p.pointee.sub = vmax(own[Int(t)], vmax(l.pointee.sub, r.pointee.sub))
+    }
+
+    /// `a == b` as two 64-bit compares: the generic SIMD `==` is compiled to a lane-by-lane loop
+    /// through memory (a store-forwarding stall per pull).
+    @inline(__always)
+    static func same(_ a: SIMD8<UInt16>, _ b: SIMD8<UInt16>) -> Bool {
+        let x = unsafeBitCast(a, to: (UInt64, UInt64).self)
+        let y = unsafeBitCast(b, to: (UInt64, UInt64).self)
+        return (x.0 ^ y.0) | (x.1 ^ y.1) == 0
+    }
+
+    @inline(__always)
+    private static func vmax(_ a: SIMD8<UInt16>, _ b: SIMD8<UInt16>) -> SIMD8<UInt16> {
         a.replacing(with: b, where: a .< b)
     }
+
+    @inline(__always)
+    private func vmax(_ a: SIMD8<UInt16>, _ b: SIMD8<UInt16>) -> SIMD8<UInt16> { Self.vmax(a, b) }
 
     /// Recomputes the summaries of `t` and its ancestors, stopping at the first node whose
     /// summaries do not change (then nothing above it can change either: every ancestor's summary
     /// is a maximum over its children's, and only this path's child changed).
-    private func pullToRoot(_ t: Int32) {
+    private static func pullToRoot(_ nodes: UnsafeMutablePointer<Node>, _ own: UnsafeMutablePointer<SIMD8<UInt16>>, _ t: Int32) {
         var t = t
         while t != 0 {
-            if !pullChanged(t) { return }
+            if !pullChanged(nodes, own, t) { return }
             t = nodes[Int(t)].parent
         }
+    }
+
+    @inline(__always)
+    private func pullToRoot(_ t: Int32) { Self.pullToRoot(nodes, own, t) }
+
+    /// `pullToRoot` after two changes at once: `a`'s subtree and `b`'s own lanes, where `b` is
+    /// expected to be `a` or one of its ancestors. The early stop is allowed only once `b` is
+    /// passed; if `b` is not met (or is 0), the pass from `a` runs to the root and `b` gets its own
+    /// pass (still sound: everything above the meeting point was computed in the first pass).
+    private static func pullToRoot(_ nodes: UnsafeMutablePointer<Node>, _ own: UnsafeMutablePointer<SIMD8<UInt16>>, from a: Int32, via b: Int32) {
+        var t = a, pending = b
+        while t != 0 {
+            let changed = pullChanged(nodes, own, t)
+            if t == pending { pending = 0 }
+            if !changed && pending == 0 { return }
+            t = nodes[Int(t)].parent
+        }
+        if pending != 0 { pullToRoot(nodes, own, pending) }
     }
 
     /// Rotates `x` above its parent, keeping parent links and summaries of the two nodes.
@@ -473,8 +514,8 @@ struct RangeTree: ~Copyable {
         } else {
             nodes[Int(g)].right = x
         }
-        pull(p)
-        pull(x)
+        Self.pullStore(nodes, own, p)
+        Self.pullStore(nodes, own, x)
     }
 
     // MARK: - Iteration and checks
