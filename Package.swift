@@ -65,6 +65,7 @@ let package = Package(
             name: "IOMMUScenario",
             dependencies: [
                 "IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "IOMMUHardware", "VFIOType1",
+                "DMAMapping",
                 .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strictSettings

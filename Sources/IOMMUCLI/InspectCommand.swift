@@ -108,7 +108,10 @@ struct InspectCommand: ParsableCommand {
             for r in i.vfioValidRanges { out += "  valid iova range [\(hex(r.0)), \(hex(r.1))]\n" }
             for m in i.vfioMappings { out += "  \(m)\n" }
         }
-        out += "\nFlush queues: \(i.flushQueues.isEmpty ? "not modelled yet (arrives with DMAMapping)" : i.flushQueues.joined(separator: "; "))\n"
+        out += "\nFlush queues:\(i.flushQueues.isEmpty ? " none (no device used the DMA API)" : "")\n"
+        for q in i.flushQueues { out += "  \(q)\n" }
+        out += "\nLive DMA mappings:\(i.dmaMappings.isEmpty ? " none" : "")\n"
+        for m in i.dmaMappings { out += "  \(m)\n" }
         return out
     }
 
@@ -152,6 +155,7 @@ struct InspectCommand: ParsableCommand {
             ("vfio", .object([("valid_iova_ranges", .array(i.vfioValidRanges.map { .array([.hex($0.0), .hex($0.1)]) })),
                               ("mappings", .array(i.vfioMappings.map(JSON.string)))])),
             ("flush_queues", .array(i.flushQueues.map(JSON.string))),
+            ("dma_mappings", .array(i.dmaMappings.map(JSON.string))),
         ])
     }
 }

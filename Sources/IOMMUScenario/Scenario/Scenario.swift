@@ -162,5 +162,7 @@ public struct Scenario: Sendable {
         case validIOVARanges([(UInt64, UInt64)])
         case pinnedPages(driver: String, count: Int)
         case vfioMappings(Int)
+        /// DMA-API state (`dma:` — mapping error, live mappings, stale windows, flush queue).
+        case dma(DMAExpectation)
     }
 }

@@ -19,6 +19,7 @@ extension Scenario {
     /// Every layer step type. One line per layer.
     static let layerSteps: [any ScenarioLayerStep.Type] = [
         ClockStep.self,
+        DMAStep.self,
     ]
 
     static var layerActionKeys: [String] { layerSteps.flatMap { $0.actionKeys } }
