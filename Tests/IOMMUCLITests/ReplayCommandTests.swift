@@ -36,6 +36,21 @@ private let goodLine = "            init-1       [000] .....     3.099678: add_d
         #expect(result.stdout.filter { $0 == "\n" }.count == 1)
     }
 
+    @Test func dmaFlagReplaysTheDMACallsThroughTheDMALayer() throws {
+        let result = ReplayCommandRunner.run([sampleTrace, "--json", "--dma"])
+        #expect(result.exitCode == 0)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        #expect(Set(object.keys) == ["events", "violations", "dma"])
+        let dma = try #require(object["dma"] as? [String: Int])
+        #expect(Set(dma.keys) == ["calls", "iovaMatches"])
+        #expect(dma["calls"] == 18_503 + 1_025 + 28)
+        // 32-bit-first, top-down placement in a fresh strict domain: most calls get the kernel's IOVA.
+        #expect(dma["iovaMatches"] == 18_391)
+        #expect(result.stdout.hasSuffix(",\"dma\":{\"calls\":19556,\"iovaMatches\":18391}}\n"))
+        let human = ReplayCommandRunner.run([sampleTrace, "--dma"])
+        #expect(human.stdout.hasSuffix("DMA layer: 19556 calls replayed (dma_map_page, dma_map_sg, dma_alloc), 18391 at the kernel's IOVA\n"))
+    }
+
     @Test func sampleTraceSummaryNamesGroupsDomainsAndNoViolations() {
         let result = ReplayCommandRunner.run([sampleTrace])
         #expect(result.exitCode == 0)
