@@ -182,7 +182,7 @@ struct DMAStep: ScenarioLayerStep {
             }
             pa += offset
             if let data { try runner.memory.writeBytes(PhysAddr(pa), data) }
-            let a = dev.mapPage(PhysAddr(pa), length: length, direction: direction)
+            let a = dev.mapPage(PhysAddr(pa), length: length, direction: direction, cpu: 0)
             record.action = "dma_map_page \(device) pa \(hex(pa)) +\(hex(length)) \(direction)\(bind)"
             let failed = checkError ? dev.mappingError(a) : a == DMADevice.mappingErrorAddress
             if failed { return ScenarioRunner.Outcome(iova: a.rawValue, text: "DMA_MAPPING_ERROR") }
@@ -191,7 +191,7 @@ struct DMAStep: ScenarioLayerStep {
         case let .unmapPage(value, length):
             let a = try runner.resolve(value)
             record.action = "dma_unmap_page \(device) \(hex(a)) +\(hex(length)) \(direction)"
-            dev.unmapPage(IOVA(a), length: length, direction: direction)
+            dev.unmapPage(IOVA(a), length: length, direction: direction, cpu: 0)
             return ScenarioRunner.Outcome()
         case let .sync(forCPU, value, length):
             let a = try runner.resolve(value)
@@ -214,7 +214,7 @@ struct DMAStep: ScenarioLayerStep {
                 entries.append(DMAScatterEntry(paddr: PhysAddr(pa), length: e.length))
             }
             record.action = "dma_map_sg \(device) \(entries.count) entr\(entries.count == 1 ? "y" : "ies") \(direction)\(bind)"
-            guard let sg = dev.mapSG(entries, direction: direction) else {
+            guard let sg = dev.mapSG(entries, direction: direction, cpu: 0) else {
                 return ScenarioRunner.Outcome(iova: DMADevice.mappingErrorAddress.rawValue, text: "mapping failed (0 segments)")
             }
             for (i, s) in sg.segments.enumerated() { record.events.append("segment \(i): \(hex(s.address.rawValue)) +\(hex(s.length))") }
@@ -226,11 +226,11 @@ struct DMAStep: ScenarioLayerStep {
         case .unmapSG(let n):
             record.action = "dma_unmap_sg \(device) $\(n) \(direction)"
             guard let sg = runner.dmaLayer.scatterLists[n] else { throw IOMMUError(.invalidArgument) }
-            dev.unmapSG(sg, direction: direction)
+            dev.unmapSG(sg, direction: direction, cpu: 0)
             return ScenarioRunner.Outcome()
         case .allocCoherent(let size):
             record.action = "dma_alloc_coherent \(device) \(hex(size))\(bind)"
-            guard let buf = dev.allocCoherent(size: size) else {
+            guard let buf = dev.allocCoherent(size: size, cpu: 0) else {
                 return ScenarioRunner.Outcome(error: IOMMUError(.outOfMemory), text: "NULL")
             }
             if let name {
@@ -241,7 +241,7 @@ struct DMAStep: ScenarioLayerStep {
         case .freeCoherent(let n):
             record.action = "dma_free_coherent \(device) $\(n)"
             guard let buf = runner.dmaLayer.coherent[n] else { throw IOMMUError(.invalidArgument) }
-            dev.freeCoherent(buf)
+            dev.freeCoherent(buf, cpu: 0)
             runner.dmaLayer.coherent[n] = nil
             return ScenarioRunner.Outcome()
         }
