@@ -30,6 +30,11 @@ struct ReplayCommand: ParsableCommand {
             With --json, exactly one JSON object: \
             {"events": {"<event name>": count, ...}, "violations": [{"line": N, "what": "..."}]}.
 
+            With --dma, the dma_map_page, dma_map_sg and dma_alloc calls are also replayed through \
+            IOMMUKit's DMA layer (a device per traced device, strict DMA domains, 4 KiB granule, \
+            PCI 32-bit-first), which chooses its own IOVAs; the summary and the JSON \
+            ("dma": {"calls": N, "iovaMatches": N}) say how many calls got the kernel's address.
+
             Exit status: 0 when no invariant is violated, 1 when some are, 2 on bad input \
             (printed as file:line: message).
             """
