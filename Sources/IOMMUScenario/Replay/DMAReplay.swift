@@ -8,7 +8,8 @@ import PhysicalMemory
 ///
 /// Platform: one `FlatIOMMUDriver` (4 KiB granule, 4 GiB aperture), default domains DMA (strict),
 /// a device per traced device (PCI when the name is a PCI address, so the 32-bit-first rule
-/// applies), each with the MSI window 0xfee00000..0xfeefffff reserved as on x86, 64-bit masks.
+/// applies), each with the MSI window 0xfee00000..0xfeefffff reserved as on x86, 64-bit masks,
+/// no maximum segment size below the 4 GiB segment boundary.
 /// `dma_map_page`, `dma_map_sg` and `dma_alloc` are replayed; `dma_unmap_page`, `dma_unmap_sg`
 /// and `dma_free` undo the call they belong to, with the addresses IOMMUKit chose for it.
 public final class DMAReplay {
@@ -16,6 +17,8 @@ public final class DMAReplay {
     public private(set) var iovaMatches = 0
     /// Replayed calls that the DMA layer failed (mapping error / NULL).
     public private(set) var failures = 0
+    /// Per traced call name: calls replayed and IOVA matches.
+    public private(set) var byCall: [String: (calls: Int, matches: Int)] = [:]
 
     let core: IOMMUCore
     let api: DMAAPI
@@ -56,7 +59,11 @@ public final class DMAReplay {
         do throws(IOMMUError) {
             let id = try core.addDevice(description)
             try core.bindDriver(id, name: "replay")
-            let d = try api.setupDevice(id)
+            // Segment limits of the traced devices are unknown: let segments merge as far as the
+            // 4 GiB boundary allows (virtio-blk on the sample merges 128 KiB segments).
+            var options = DMADeviceOptions()
+            options.maxSegmentSize = 0xFFFF_FFFF
+            let d = try api.setupDevice(id, options: options)
             devices[name] = d
             return d
         } catch {
@@ -89,7 +96,8 @@ public final class DMAReplay {
             guard let dev = device(e.device) else { failures += 1; return }
             let a = dev.mapPage(PhysAddr(e.physAddress.rawValue), length: e.length, direction: Self.direction(e.direction), cpu: 0)
             if dev.mappingError(a) { failures += 1; return }
-            if a == e.dmaAddress { iovaMatches += 1 }
+            byCall["dma_map_page", default: (0, 0)].calls += 1
+            if a == e.dmaAddress { iovaMatches += 1; byCall["dma_map_page", default: (0, 0)].matches += 1 }
             pages[e.device, default: [:]][e.dmaAddress.rawValue] = (a, e.length, Self.direction(e.direction))
         case .dmaUnmapPage(let e):
             guard let dev = devices[e.device], let (a, length, dir) = pages[e.device]?.removeValue(forKey: e.dmaAddress.rawValue) else { return }
@@ -103,7 +111,9 @@ public final class DMAReplay {
             guard let sg = dev.mapSG(entries, direction: Self.direction(e.direction), cpu: 0) else { failures += 1; return }
             if sg.addresses.map(\.rawValue) == Array(e.dmaAddresses.prefix(sg.addresses.count)), sg.addresses.count == e.dmaAddresses.count {
                 iovaMatches += 1
+                byCall["dma_map_sg", default: (0, 0)].matches += 1
             }
+            byCall["dma_map_sg", default: (0, 0)].calls += 1
             scatterLists[e.device, default: [:]][e.physAddresses[0]] = sg
         case .dmaUnmapSG(let e):
             guard let dev = devices[e.device], let first = e.physAddresses.first,
@@ -113,7 +123,8 @@ public final class DMAReplay {
             guard e.dmaAddress.rawValue != UInt64.max else { return }
             calls += 1
             guard let dev = device(e.device), let buf = dev.allocCoherent(size: e.length, cpu: 0) else { failures += 1; return }
-            if buf.dmaAddress == e.dmaAddress { iovaMatches += 1 }
+            byCall["dma_alloc", default: (0, 0)].calls += 1
+            if buf.dmaAddress == e.dmaAddress { iovaMatches += 1; byCall["dma_alloc", default: (0, 0)].matches += 1 }
             coherent[e.device, default: [:]][e.dmaAddress.rawValue] = buf
         case .dmaFree(let e):
             guard let dev = devices[e.device], let buf = coherent[e.device]?.removeValue(forKey: e.dmaAddress.rawValue) else { return }
