@@ -65,7 +65,8 @@ let package = Package(
             name: "IOMMUScenario",
             dependencies: [
                 "IOMMUBase", "PhysicalMemory", "IOPageTable", "IOVAAllocator", "IOMMUCore", "IOMMUHardware", "VFIOType1",
-                "VirtioIOMMU", .product(name: "Yams", package: "Yams"),
+                "VirtioIOMMU", "DMAMapping",
+                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strictSettings
         ),

@@ -128,7 +128,10 @@ struct InspectCommand: ParsableCommand {
             out += "  eventq: \(v.availableEventBuffers) buffer(s) posted, \(v.usedEventBuffers) used not taken, \(v.eventsDelivered) event(s) delivered, \(v.eventsDropped) dropped\n"
             out += "  consistency: " + (v.consistencyViolations.isEmpty ? "page tables agree with the mapping record\n" : "\(v.consistencyViolations.count) violation(s)\n" + v.consistencyViolations.map { "    \($0)\n" }.joined())
         }
-        out += "\nFlush queues: \(i.flushQueues.isEmpty ? "not modelled yet (arrives with DMAMapping)" : i.flushQueues.joined(separator: "; "))\n"
+        out += "\nFlush queues:\(i.flushQueues.isEmpty ? " none (no device used the DMA API)" : "")\n"
+        for q in i.flushQueues { out += "  \(q)\n" }
+        out += "\nLive DMA mappings:\(i.dmaMappings.isEmpty ? " none" : "")\n"
+        for m in i.dmaMappings { out += "  \(m)\n" }
         return out
     }
 
@@ -193,6 +196,7 @@ struct InspectCommand: ParsableCommand {
                     ("consistency_violations", .array(v.consistencyViolations.map(JSON.string))),
                 ])
             } ?? .null),
+            ("dma_mappings", .array(i.dmaMappings.map(JSON.string))),
         ])
     }
 }

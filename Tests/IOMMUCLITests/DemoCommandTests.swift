@@ -29,6 +29,10 @@ struct DemoTourTests {
         #expect(out.contains("expect data 68 65 6c 6c 6f"))
         #expect(out.contains("expect warning iovaFreeInsideAllocation"))
         #expect(out.contains("vgpu notified 1 time(s)"))
+        #expect(out.contains("expect warning dmaUnmapWrongSize"))
+        #expect(out.contains("expect warning dmaStaleTLBAccess"))
+        #expect(out.contains("through a stale IOTLB entry; mapping: device#10 page 0xfffff000 size 4096 DMA_TO_DEVICE"))
+        #expect(out.contains("fault: tb0: translation fault on read at 0xfffff000"))
         #expect(out.contains("L3 table"))
     }
 

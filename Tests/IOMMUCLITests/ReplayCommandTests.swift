@@ -1,6 +1,7 @@
 import Foundation
 import IOMMUCLI
 import IOMMUTestSupport
+import IOMMUScenario
 import Testing
 
 private let sampleTrace = TestSupport.fixturesDirectory() + "/traces/vtd-strict-smp1.trace.xz"
@@ -34,6 +35,29 @@ private let goodLine = "            init-1       [000] .....     3.099678: add_d
         // Exactly one object, on one line.
         #expect(result.stdout.hasPrefix("{\"events\":{\"add_device_to_group\":10,"))
         #expect(result.stdout.filter { $0 == "\n" }.count == 1)
+    }
+
+    @Test func dmaFlagReplaysTheDMACallsThroughTheDMALayer() throws {
+        let result = ReplayCommandRunner.run([sampleTrace, "--json", "--dma"])
+        #expect(result.exitCode == 0)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        #expect(Set(object.keys) == ["events", "violations", "dma"])
+        let dma = try #require(object["dma"] as? [String: Int])
+        #expect(Set(dma.keys) == ["calls", "iovaMatches"])
+        #expect(dma["calls"] == 18_503 + 1_025 + 28)
+        // 32-bit-first, top-down placement in a fresh strict domain: most calls get the kernel's IOVA.
+        #expect(dma["iovaMatches"] == 18_671)
+        #expect(result.stdout.hasSuffix(",\"dma\":{\"calls\":19556,\"iovaMatches\":18671}}\n"))
+        let replay = try DMAReplay()
+        let reader = try TraceReader(path: sampleTrace)
+        while let record = try reader.nextRecord() { if case .event(let e) = record { replay.observe(e) } }
+        #expect(replay.failures == 0)
+        #expect(replay.byCall["dma_map_page"]! == (18_503, 17_929))
+        #expect(replay.byCall["dma_map_sg"]! == (1_025, 720))
+        #expect(replay.byCall["dma_alloc"]! == (28, 22))
+        #expect(replay.calls == 19_556 && replay.iovaMatches == 18_671)
+        let human = ReplayCommandRunner.run([sampleTrace, "--dma"])
+        #expect(human.stdout.hasSuffix("DMA layer: 19556 calls replayed (dma_map_page, dma_map_sg, dma_alloc), 18671 at the kernel's IOVA\n"))
     }
 
     @Test func sampleTraceSummaryNamesGroupsDomainsAndNoViolations() {

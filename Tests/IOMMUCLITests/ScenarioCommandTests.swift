@@ -155,6 +155,8 @@ struct InspectCommandTests {
         #expect(outcome.standardOutput.contains("0xffffe000..0xffffffff -> "))
         #expect(outcome.standardOutput.contains("allocated 0xffffe000..0xffffffff"))
         #expect(outcome.standardOutput.contains("table 0x"))
+        #expect(outcome.standardOutput.contains("Flush queues:\n  domain#1 strict: queued 0, freed 0"))
+        #expect(outcome.standardOutput.contains("Live DMA mappings:\n  nic0: device#1 page 0xffffe000 size 8192 DMA_BIDIRECTIONAL"))
     }
 
     @Test func virtioSectionShowsDomainsEndpointsQueues() throws {

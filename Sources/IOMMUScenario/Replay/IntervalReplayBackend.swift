@@ -135,10 +135,11 @@ extension IntervalReplayBackend {
     /// Replays `reader` on a fresh interval model: the engine compiled for this backend
     /// (specialised inside this module, which is what makes it fast for callers in other modules).
     public static func replay(
-        _ reader: TraceReader, progressInterval: Int = 1 << 16, progress: (TraceReader, Int) -> Void = { _, _ in }
+        _ reader: TraceReader, progressInterval: Int = 1 << 16, progress: (TraceReader, Int) -> Void = { _, _ in },
+        observe: (TraceEvent) -> Void = { _ in }
     ) throws(TraceInputError) -> (report: ReplayReport, backend: IntervalReplayBackend) {
         var engine = ReplayEngine(backend: IntervalReplayBackend())
-        let report = try engine.replay(reader, progressInterval: progressInterval, progress: progress)
+        let report = try engine.replay(reader, progressInterval: progressInterval, progress: progress, observe: observe)
         return (report, engine.backend)
     }
 }

@@ -727,12 +727,13 @@ public struct ReplayEngine<Backend: ReplayBackend> {
 extension ReplayEngine {
     /// Replays everything `reader` yields, calling `progress` every `progressInterval` lines.
     public mutating func replay(
-        _ reader: TraceReader, progressInterval: Int = 1 << 16, progress: (TraceReader, Int) -> Void = { _, _ in }
+        _ reader: TraceReader, progressInterval: Int = 1 << 16, progress: (TraceReader, Int) -> Void = { _, _ in },
+        observe: (TraceEvent) -> Void = { _ in }
     ) throws(TraceInputError) -> ReplayReport {
         var events = 0
         var nextProgress = progressInterval
         while let record = try reader.nextRecord() {
-            if case .event = record { events += 1 }
+            if case .event(let e) = record { events += 1; observe(e) }
             process(record, line: reader.lineNumber)
             if reader.lineNumber >= nextProgress {
                 nextProgress += progressInterval

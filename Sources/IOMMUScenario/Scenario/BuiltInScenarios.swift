@@ -85,6 +85,22 @@ workload:
     expect: {warning: iovaFreeInsideAllocation}
   - dma-read: {device: nic0, iova: $rx+0x3000, length: 4}
     expect: {faults: 1}
+  - note: the same kind of bug through the DMA API - the debug layer names the bad call
+    dma-map-page: {device: nvme0, length: 8K, direction: to-device, as: blk}
+  - dma-unmap-page: {device: nvme0, address: $blk, length: 4K, direction: to-device}
+    expect: {warning: dmaUnmapWrongSize, dma: {device: nvme0, live-mappings: 0}}
+  - note: lazy vs strict - after the unmap, nvme1 (lazy) still reads through a stale IOTLB entry
+    dma-map-page: {device: nvme1, length: 4K, direction: to-device, data: "text:secret", as: old}
+  - dma-read: {device: nvme1, iova: $old, length: 6}
+  - dma-unmap-page: {device: nvme1, address: $old, length: 4K, direction: to-device}
+  - dma-read: {device: nvme1, iova: $old, length: 6}
+    expect: {data: "text:secret", warning: dmaStaleTLBAccess}
+  - note: tb0 is untrusted, so strict - the same read faults at once
+    dma-map-page: {device: tb0, length: 4K, direction: to-device, data: "text:secret", as: tbold}
+  - dma-read: {device: tb0, iova: $tbold, length: 6}
+  - dma-unmap-page: {device: tb0, address: $tbold, length: 4K, direction: to-device}
+  - dma-read: {device: tb0, iova: $tbold, length: 6}
+    expect: {faults: 1}
   - note: a guest gets gpu4 through VFIO; a vendor driver pins a page and must give it back
     vfio-open-group: gpu4
   - vfio-set-container: gpu4

@@ -21,6 +21,8 @@ struct ClockStep: ScenarioLayerStep {
         let ns = nanoseconds
         record.action = "advance-clock \(ns / 1_000_000 > 0 ? "\(ns / 1_000_000)ms" : "\(ns)ns") (now \(runner.clockNanoseconds / 1_000_000)ms)"
         for (_, d) in runner.iovaDomains.sorted(by: { $0.key < $1.key }) { d.tick(nanoseconds: Int64(ns)) }
+        let fired = runner.dmaLayer.advance(nanoseconds: ns)
+        if fired > 0 { record.events.append("flush-queue timer fired in \(fired) domain(s)") }
         return ScenarioRunner.Outcome()
     }
 }

@@ -360,7 +360,7 @@ extension Scenario {
         if case .scalar = f.node { return [.errno(try errno(f))] }
         let m = try f.mapping(allowed: ["errno", "bytes", "data", "warning", "no-warnings", "faults", "iova", "group", "same-group",
                                         "probe-state", "dma-path", "translation", "domain-type", "group-count",
-                                        "valid-iova-ranges", "pinned-pages", "vfio-mappings"] + layerExpectationKeys)
+                                        "valid-iova-ranges", "pinned-pages", "vfio-mappings", "dma"] + layerExpectationKeys)
         var out: [Expectation] = []
         for (key, v) in m.entries {
             switch key {
@@ -373,6 +373,7 @@ extension Scenario {
             case "iova": out.append(.iova(try v.number()))
             case "group-count": out.append(.groupCount(try v.int(in: 0...100_000)))
             case "vfio-mappings": out.append(.vfioMappings(try v.int(in: 0...100_000)))
+            case "dma": out.append(.dma(try DMAExpectation.parse(v, device: device)))
             case "same-group":
                 var names: [String] = []
                 for e in try v.array() { names.append(try device(e)) }

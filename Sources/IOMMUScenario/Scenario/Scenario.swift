@@ -164,6 +164,8 @@ public struct Scenario: Sendable {
         case validIOVARanges([(UInt64, UInt64)])
         case pinnedPages(driver: String, count: Int)
         case vfioMappings(Int)
+        /// DMA-API state (`dma:` — mapping error, live mappings, stale windows, flush queue).
+        case dma(DMAExpectation)
         /// A check a layer brought in its own file (`ScenarioLayerExpectation`).
         case layer(LayerExpectation)
     }

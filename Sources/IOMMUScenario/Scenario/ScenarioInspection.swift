@@ -5,6 +5,7 @@ import PhysicalMemory
 import IOPageTable
 import IOVAAllocator
 import VirtioIOMMU
+import DMAMapping
 
 /// The state `iommu inspect` shows, taken from a runner after some steps.
 public struct ScenarioInspection: Sendable {
@@ -72,7 +73,7 @@ public struct ScenarioInspection: Sendable {
     public var iovaSpaces: [IOVASpace] = []
     public var vfioMappings: [String] = []
     public var vfioValidRanges: [(UInt64, UInt64)] = []
-    /// Flush-queue state arrives with DMAMapping.
+    /// Flush-queue state per DMA-API domain (mode, queued/freed, flush counters, timer, stale windows).
     public var flushQueues: [String] = []
     /// The virtio-iommu device, when the platform has one.
     public var virtio: VirtioIOMMUState?
@@ -112,6 +113,8 @@ public struct ScenarioInspection: Sendable {
         /// `mappingConsistencyViolations()`: empty when the tables agree with the mapping record.
         public var consistencyViolations: [String]
     }
+    /// Live DMA-API mappings per device ("nic0: page 0xffffe000 size 8192 …").
+    public var dmaMappings: [String] = []
 }
 
 extension ScenarioRunner {
@@ -155,11 +158,15 @@ extension ScenarioRunner {
                 format = "arm-lpae-s1"
                 tables = Self.lpaeTables(memory: memory, root: r.ttbr & 0x0000_FFFF_FFFF_F000, levels: 4)
             }
+            // Live DMA-API mappings are page-table mappings of the domain too.
+            let dmaMapped = dmaLayer.devices.values.filter { $0.cookie?.domain.serial == serial }.flatMap(\.liveMappings).map {
+                ScenarioInspection.Mapping(iova: $0.address.rawValue, paddr: $0.paddr.rawValue, length: $0.size, prot: protText($0.direction.prot()))
+            }
             out.domains.append(.init(
                 serial: serial, type: domain.type.sysfsName, iommu: iommu, pageSizes: "\(domain.pageSizes)", devices: names,
-                mappings: (mapped[serial] ?? [:]).sorted { $0.key < $1.key }.map {
-                    .init(iova: $0.key, paddr: $0.value.paddr, length: $0.value.length, prot: protText($0.value.prot))
-                },
+                mappings: ((mapped[serial] ?? [:]).map {
+                    ScenarioInspection.Mapping(iova: $0.key, paddr: $0.value.paddr, length: $0.value.length, prot: protText($0.value.prot))
+                } + dmaMapped).sorted { $0.iova < $1.iova },
                 tables: tables, formatKind: format, granuleShift: domain.pageSizes.smallest?.shift ?? 12))
         }
         for spec in scenario.platform.iommus {
@@ -203,6 +210,7 @@ extension ScenarioRunner {
                 allocated: snap.nodes.filter { !reserved.contains($0.first.rawValue) }.map { ($0.first.rawValue << shift, (($0.last.rawValue + 1) << shift) - 1) },
                 reserved: snap.reserved.map { ($0.first.rawValue << shift, (($0.last.rawValue + 1) << shift) &- 1) }))
         }
+        inspectDMA(into: &out)
         if let c = container {
             out.vfioMappings = c.mappings.map { m in
                 "iova \(hex(m.iova.rawValue)) +\(hex(m.length)) vaddr \(m.vaddr) \(m.iommuMapped ? "mapped" : "not mapped"), \(m.lockedPages) locked, \(m.externallyPinnedPages) externally pinned"

@@ -20,6 +20,7 @@ extension Scenario {
     static let layerSteps: [any ScenarioLayerStep.Type] = [
         ClockStep.self,
         VirtioStep.self,
+        DMAStep.self,
     ]
 
     static var layerActionKeys: [String] { layerSteps.flatMap { $0.actionKeys } }

@@ -32,6 +32,8 @@ public final class ScenarioRunner {
     var hardware: [String: ScenarioHardware] = [:]
     /// Device DMA through the hardware models.
     public private(set) var dma: DMAPlatform!
+    /// The DMA API layer (`DMAMapping`): `dma-map-page` and friends.
+    var dmaLayer: ScenarioDMAState!
     /// What each domain has mapped by `map` steps (serial → iova → (paddr, length, prot)), for inspection.
     var mapped: [UInt64: [UInt64: (paddr: UInt64, length: UInt64, prot: IOMMUProt)]] = [:]
     var deviceIDs: [String: DeviceID] = [:]
@@ -67,6 +69,7 @@ public final class ScenarioRunner {
         }
         dma = DMAPlatform(memory: memory, core: core, hardware: p.iommus.compactMap { hardware[$0.name]?.model })
         if let spec = p.virtio { virtio = try ScenarioVirtio(spec: spec, memory: memory, frames: frames, core: core, warnings: warnings) }
+        dmaLayer = try ScenarioDMAState(platform: p, core: core, memory: memory, frames: frames, warnings: warnings)
         boot()
     }
 
@@ -320,6 +323,7 @@ public final class ScenarioRunner {
             record.action = "dma-write \(device) iova \(hex(iova)) \(bytes.count) byte(s)"
             let outcome = dma.dmaWrite(device: try id(device), address: iova, bytes: bytes)
             guard note(outcome, device: device, record: &record) else { return Outcome(text: "fault") }
+            dmaDeviceAccessed(device: device, iova: iova, length: bytes.count, isWrite: true, outcome: outcome, record: &record)
             if let pa = softwareTranslate(try id(device), iova: iova) { record.events.append("landed at pa \(hex(pa))") }
             return Outcome(bytes: UInt64(outcome.bytesMoved))
         case let .dmaRead(device, iovaValue, length):
@@ -327,6 +331,7 @@ public final class ScenarioRunner {
             record.action = "dma-read \(device) iova \(hex(iova)) \(length) byte(s)"
             let (data, outcome) = dma.dmaRead(device: try id(device), address: iova, length: length)
             guard note(outcome, device: device, record: &record) else { return Outcome(text: "fault") }
+            dmaDeviceAccessed(device: device, iova: iova, length: length, isWrite: false, outcome: outcome, record: &record)
             return Outcome(bytes: UInt64(outcome.bytesMoved), data: data, text: bytesText(data))
         case let .streamDMA(iommu, streamID, iova, write):
             record.action = "stream-dma \(iommu) stream \(hex(UInt64(streamID))) iova \(hex(iova)) \(write ? "write" : "read")"
@@ -566,6 +571,8 @@ public final class ScenarioRunner {
             case .layer(let e):
                 let (held, what, actual) = e.base.check(on: self)
                 check(held, what, actual)
+            case .dma(let e):
+                for (what, failure) in e.check(runner: self, stepAddress: outcome.iova) { check(failure == nil, what, failure ?? "") }
             }
         }
         return record
