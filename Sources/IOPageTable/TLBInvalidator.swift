@@ -27,6 +27,9 @@ extension TLBInvalidator where Self: ~Copyable {
 /// An invalidator for tables no hardware walks through a TLB: every hook does nothing except
 /// gathering.
 public struct NoTLBInvalidator: TLBInvalidator {
+    /// One byte of storage: a zero-sized local has no address of its own, and ThreadSanitizer
+    /// then reports two threads' `inout` accesses to their own invalidators as a race.
+    @usableFromInline var unused: UInt8 = 0
     @inlinable public init() {}
     @inlinable public mutating func flushAll() {}
     @inlinable public mutating func flushWalk(iova: IOVA, size: UInt64, granule: UInt64) {}

@@ -109,7 +109,7 @@ struct FaultTests {
 import Synchronization
 
 final class RecordingFaults: Sendable {
-    private let storage = Mutex<[IOMMUFault]>([])
+    private let storage = IOMMUMutex<[IOMMUFault]>([])
     func append(_ fault: IOMMUFault) { storage.withLock { $0.append(fault) } }
     var faults: [IOMMUFault] { storage.withLock { $0 } }
 }

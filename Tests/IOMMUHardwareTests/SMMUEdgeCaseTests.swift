@@ -370,7 +370,7 @@ struct SMMUEdgeCaseTests {
 }
 
 final class RecordingFaults: @unchecked Sendable {
-    private let lock = Mutex<[IOMMUFault]>([])
+    private let lock = IOMMUMutex<[IOMMUFault]>([])
     func add(_ fault: IOMMUFault) { lock.withLock { $0.append(fault) } }
     var faults: [IOMMUFault] { lock.withLock { $0 } }
 }

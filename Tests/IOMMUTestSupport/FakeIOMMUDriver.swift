@@ -46,8 +46,8 @@ public final class FakeIOMMUDriver: IOMMUDriver {
     }
 
     public let name: String
-    public let config: Mutex<Config>
-    public let events = Mutex<[Event]>([])
+    public let config: IOMMUMutex<Config>
+    public let events = IOMMUMutex<[Event]>([])
     /// Arm it to make the N-th page `mapPages` maps fail with ENOMEM (after mapping the ones before).
     public let failNth = FailNth()
     public let domainsFreed = Atomic<Int>(0)
@@ -57,7 +57,7 @@ public final class FakeIOMMUDriver: IOMMUDriver {
         self.name = name
         var config = Config()
         configure(&config)
-        self.config = Mutex(config)
+        self.config = IOMMUMutex(config)
     }
 
     public func configure(_ body: (inout Config) -> Void) { config.withLock { body(&$0) } }
@@ -161,7 +161,7 @@ public final class FakeDomainOps: IOMMUDomainOps {
 
     public unowned let driver: FakeIOMMUDriver
     public let failSyncMap: Bool
-    public let state = Mutex(State())
+    public let state = IOMMUMutex(State())
     public let freed = Atomic<Bool>(false)
 
     public init(driver: FakeIOMMUDriver, failSyncMap: Bool) {

@@ -22,7 +22,7 @@ struct ExternalPinningTests {
     }
 
     final class DriverState: Sendable {
-        let held = Mutex<[UInt64: Int]>([:])
+        let held = IOMMUMutex<[UInt64: Int]>([:])
     }
 
     final class Counter: Sendable {
@@ -34,7 +34,7 @@ struct ExternalPinningTests {
     @Test func seedCooperativeDriverUnpinsWhenNotifiedAndTheUnmapSucceeds() throws {
         let (h, c, _) = try emulatedSetUp()
         let notified = Counter()
-        let ranges = Mutex<[(IOVA, UInt64)]>([])
+        let ranges = IOMMUMutex<[(IOVA, UInt64)]>([])
         let device = c.registerEmulatedDevice(name: "vgpu") { device, iova, length in
             _ = notified.increment()
             ranges.withLock { $0.append((iova, length)) }

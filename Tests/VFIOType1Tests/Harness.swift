@@ -14,7 +14,7 @@ final class VFIOHarness: Sendable {
     let host: HostMemory
     let memory: PhysicalMemory
     let warnings = RecordingWarningSink()
-    let nextStream = Mutex<UInt32>(1)
+    let nextStream = IOMMUMutex<UInt32>(1)
 
     init(
         lockedLimit: UInt64 = 64 << 20, ipcLock: Bool = false, cpuPageSize: PageSize = .size4K,
