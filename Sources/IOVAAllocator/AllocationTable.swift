@@ -23,12 +23,14 @@ import Synchronization
 ///   succeed (see `markLive` for why clearing the bit needs no compare-and-swap);
 /// * rebuilding (growth, or too many tombstones) runs under the tree lock *and* every per-CPU
 ///   lock, so no reader is probing while the slot array is replaced; entries never move otherwise.
+@usableFromInline
 final class AllocationTable: @unchecked Sendable {
     /// Read by every probe; replaced only by `rebuild` (under all locks).
+    @usableFromInline
     struct Header {
-        var slots: UnsafeMutablePointer<Atomic<UInt64>>
-        var shift: Int  // 64 - log2(capacity)
-        var mask: Int
+        @usableFromInline var slots: UnsafeMutablePointer<Atomic<UInt64>>
+        @usableFromInline var shift: Int  // 64 - log2(capacity)
+        @usableFromInline var mask: Int
     }
 
     /// Written by inserts and deletes under the tree lock; kept apart from `Header` so that a
@@ -38,13 +40,13 @@ final class AllocationTable: @unchecked Sendable {
         var used: Int  // live + tombstones
     }
 
-    static var cachedBit: UInt64 { 1 << 6 }
-    static var sizeMask: UInt64 { 0x3F }
-    static var tombstone: UInt64 { 0x80 }
+    @inlinable static var cachedBit: UInt64 { 1 << 6 }
+    @inlinable static var sizeMask: UInt64 { 0x3F }
+    @inlinable static var tombstone: UInt64 { 0x80 }
     /// The largest allocation tracked (Linux caches sizes up to 32 pages).
     static var maxTrackedSize: UInt64 { 32 }
 
-    let header: UnsafeMutablePointer<Header>
+    @usableFromInline let header: UnsafeMutablePointer<Header>
     let counts: UnsafeMutablePointer<Counts>
 
     init(capacity: Int = 1024) {
@@ -68,16 +70,16 @@ final class AllocationTable: @unchecked Sendable {
         return slots
     }
 
-    @inline(__always)
-    private func home(_ pfn: UInt64) -> Int {
+    @inlinable @inline(__always)
+    func home(_ pfn: UInt64) -> Int {
         Int(truncatingIfNeeded: (pfn &* 0x9E37_79B9_7F4A_7C15) >> UInt64(header.pointee.shift))
     }
 
-    enum FreeCheck { case ok, notFound, alreadyCached, wrongSize(UInt64) }
+    @usableFromInline enum FreeCheck { case ok, notFound, alreadyCached, wrongSize(UInt64) }
 
     /// Marks the live allocation at `pfn` as cached if its size has the same
     /// `order_base_2` as `order`. Call under a per-CPU lock (or the tree lock).
-    @inline(__always)
+    @inlinable @inline(__always)
     func markCached(_ pfn: UInt64, order: Int) -> FreeCheck {
         let slots = header.pointee.slots, mask = header.pointee.mask
         var i = home(pfn)
@@ -102,7 +104,7 @@ final class AllocationTable: @unchecked Sendable {
     /// slot (a concurrent free of it sees the cached bit and only warns; it is in no other
     /// magazine, so no drain removes it; the tree API refuses to free a cached pfn; rebuilds are
     /// excluded by the caller's per-CPU lock), so no update can be lost.
-    @inline(__always)
+    @inlinable @inline(__always)
     func markLive(_ pfn: UInt64) {
         let slots = header.pointee.slots, mask = header.pointee.mask
         var i = home(pfn)
@@ -197,5 +199,5 @@ final class AllocationTable: @unchecked Sendable {
     var liveCount: Int { counts.pointee.live }
 }
 
-@inline(__always)
+@inlinable @inline(__always)
 func orderOf(_ size: UInt64) -> Int { size <= 1 ? 0 : 64 - (size &- 1).leadingZeroBitCount }

@@ -93,7 +93,7 @@ public final class IOVADomain: @unchecked Sendable {
     public let policy: Policy
 
     @usableFromInline let checking: Bool
-    let sink: any WarningSink
+    @usableFromInline let sink: any WarningSink
     let magazineFailure: FailNth?
     /// The tree lock word and what it guards. Locks and atomics are kept out of line: an
     /// `Atomic` stored inline in this class was laid out past the end of the object by the 6.3
@@ -102,9 +102,9 @@ public final class IOVADomain: @unchecked Sendable {
     /// (hundreds of false "data race" reports); see `SpinLock.swift`.
     let treeLock: UnsafeMutablePointer<Atomic<UInt32>>
     let treeState: UnsafeMutablePointer<TreeState>
-    let table: AllocationTable
+    @usableFromInline let table: AllocationTable
     /// Per-CPU blocks of `cpuStride` bytes: a spin-lock word, then 6 `loaded` + 6 `prev` magazines.
-    let cpuBlocks: UnsafeMutableRawPointer
+    @usableFromInline let cpuBlocks: UnsafeMutableRawPointer
     /// One lock word per size class, each on its own cache line, and the depots they guard.
     let depotLocks: UnsafeMutableRawPointer
     let depots: UnsafeMutablePointer<Depot>
@@ -112,8 +112,8 @@ public final class IOVADomain: @unchecked Sendable {
     let clockPointer: UnsafeMutablePointer<Atomic<Int64>>
     @inline(__always) var clock: UnsafeMutablePointer<Atomic<Int64>> { clockPointer }
 
-    static var cpuStride: Int { 256 }
-    static var magazinesOffset: Int { 64 }
+    @inlinable static var cpuStride: Int { 256 }
+    @inlinable static var magazinesOffset: Int { 64 }
 
     /// Creates an empty domain (Linux: `init_iova_domain` + `iova_domain_init_rcaches`).
     ///
@@ -196,20 +196,20 @@ public final class IOVADomain: @unchecked Sendable {
 
     // MARK: - Per-CPU access
 
-    @inline(__always)
+    @inlinable @inline(__always)
     func cpuLock(_ cpu: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
         (cpuBlocks + cpu &* Self.cpuStride).assumingMemoryBound(to: Atomic<UInt32>.self)
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     func magazines(_ cpu: Int) -> UnsafeMutablePointer<Magazine> {
         (cpuBlocks + (cpu &* Self.cpuStride &+ Self.magazinesOffset)).assumingMemoryBound(to: Magazine.self)
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     func lockCPU(_ cpu: Int) { spinLock(cpuLock(cpu)) }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     func unlockCPU(_ cpu: Int) { spinUnlock(cpuLock(cpu)) }
 
     /// Runs `body` on the tree state under the tree lock (Linux: `iova_rbtree_lock`).
@@ -237,7 +237,7 @@ public final class IOVADomain: @unchecked Sendable {
         return Int(truncatingIfNeeded: ((id &* 0x9E37_79B9_7F4A_7C15) >> 32) % UInt64(cpuCount))
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     func checkCPU(_ cpu: Int) {
         precondition(cpu >= 0 && cpu < cpuCount, "cpu index out of range")
     }
@@ -357,7 +357,7 @@ public final class IOVADomain: @unchecked Sendable {
     /// pfn, not the highest.
     /// - Returns: the first pfn.
     /// - Throws: `.noIOVASpace`.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func fastAlloc(size: UInt64, limitPFN: UInt64, flushCaches: Bool, cpu: Int) throws(IOMMUError) -> PFN {
         checkCPU(cpu)
         var size = size
@@ -379,7 +379,7 @@ public final class IOVADomain: @unchecked Sendable {
         try fastAlloc(size: size, limitPFN: limitPFN, flushCaches: flushCaches, cpu: currentCPU)
     }
 
-    @inline(never)
+    @usableFromInline @inline(never)
     func fastAllocFromTree(size: UInt64, limitPFN: UInt64, flushCaches: Bool) throws(IOMMUError) -> PFN {
         guard size <= 1 << 60, limitPFN < .max else { throw IOMMUError(.invalidArgument, address: limitPFN, length: size) }
         let checking = self.checking
@@ -405,7 +405,7 @@ public final class IOVADomain: @unchecked Sendable {
     /// Linux: `free_iova_fast(iovad, pfn, size)`, bucketed by `order_base_2(size)`. With
     /// ``Policy/checking`` the free is validated first; a bad one is reported (see ``Policy``) and
     /// ignored.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func fastFree(pfn: PFN, size: UInt64, cpu: Int) {
         checkCPU(cpu)
         let order = orderOf(size)
@@ -421,7 +421,7 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     /// Linux: `iova_rcache_get` for one size class.
-    @inline(__always)
+    @inlinable @inline(__always)
     func rcacheGet(order: Int, cpu: Int, highestPFN: UInt64) -> UInt64 {
         lockCPU(cpu)
         let mags = magazines(cpu)
@@ -440,7 +440,7 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     /// Replaces the (empty) loaded magazine with a full one from the depot, if any.
-    @inline(never)
+    @usableFromInline @inline(never)
     func loadFromDepot(_ loaded: UnsafeMutablePointer<Magazine>, order: Int) -> Bool {
         var full = withDepot(order) { $0.pop() }
         guard !full.isEmpty else { return false }
@@ -451,7 +451,7 @@ public final class IOVADomain: @unchecked Sendable {
     /// Linux: `iova_rcache_insert`, plus the checking policy's validation. Returns false when the
     /// caller must fall back to the tree free (no magazine could be allocated). A free the checking
     /// policy rejects is reported here and counts as handled (true).
-    @inline(__always)
+    @inlinable @inline(__always)
     func rcacheInsert(order: Int, cpu: Int, pfn: UInt64, size: UInt64) -> Bool {
         lockCPU(cpu)
         if checking {
@@ -481,7 +481,7 @@ public final class IOVADomain: @unchecked Sendable {
 
     /// Both magazines full: a new empty magazine becomes `loaded` and the full one goes to the
     /// depot (scheduling the depot work if it is not pending). False when allocation fails.
-    @inline(never)
+    @usableFromInline @inline(never)
     func pushLoadedToDepot(_ loaded: UnsafeMutablePointer<Magazine>, order: Int) -> Bool {
         if let failure = magazineFailure, failure.shouldFail() { return false }
         var full: Magazine? = Magazine()
@@ -492,7 +492,7 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     /// The tree side of `fastFree`: sizes that are not cached, or a failed magazine allocation.
-    @inline(never)
+    @usableFromInline @inline(never)
     func freeFromFastPath(pfn: UInt64, size: UInt64, cpu: Int) {
         guard checking else {
             free(PFN(pfn))
@@ -527,7 +527,7 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     /// Reports why a cached-size free failed the table check.
-    @inline(never)
+    @usableFromInline @inline(never)
     func diagnoseBadFastFree(pfn: UInt64, size: UInt64, order: Int, cpu: Int) {
         var warning: IOMMUWarning?
         var retry = false

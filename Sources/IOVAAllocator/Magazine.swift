@@ -3,25 +3,26 @@
 /// Linux: `struct iova_magazine` (`IOVA_MAG_SIZE` = 127, so the kernel struct is exactly 1 KiB).
 /// Noncopyable: a magazine moves between a CPU's `loaded`/`prev` slots and the depot; it is never
 /// duplicated, so a pfn can never be cached twice by copying a magazine.
+@usableFromInline
 struct Magazine: ~Copyable, @unchecked Sendable {
     /// Linux: `IOVA_MAG_SIZE`.
-    static var capacity: Int { 127 }
+    @inlinable static var capacity: Int { 127 }
 
-    private let pfns: UnsafeMutablePointer<UInt64>
-    private(set) var count: Int
+    @usableFromInline let pfns: UnsafeMutablePointer<UInt64>
+    @usableFromInline var count: Int
 
-    init() {
+    @usableFromInline init() {
         pfns = .allocate(capacity: Self.capacity)
         count = 0
     }
 
     deinit { pfns.deallocate() }
 
-    @inline(__always) var isEmpty: Bool { count == 0 }
-    @inline(__always) var isFull: Bool { count == Self.capacity }
+    @inlinable @inline(__always) var isEmpty: Bool { count == 0 }
+    @inlinable @inline(__always) var isFull: Bool { count == Self.capacity }
 
     /// Linux: `iova_magazine_push`. Pushing into a full magazine is a programmer error.
-    @inline(__always)
+    @inlinable @inline(__always)
     mutating func push(_ pfn: UInt64) {
         precondition(count < Self.capacity, "Magazine.push on a full magazine")
         pfns[count] = pfn
@@ -31,7 +32,7 @@ struct Magazine: ~Copyable, @unchecked Sendable {
     /// Linux: `iova_magazine_pop`: scans from the newest entry down for the first pfn
     /// `<= highestPFN`; removes it by moving the newest entry into its slot. Returns 0 when none
     /// is suitable (or the magazine is empty), leaving the magazine unchanged.
-    @inline(__always)
+    @inlinable @inline(__always)
     mutating func pop(atOrBelow highestPFN: UInt64) -> UInt64 {
         var i = count &- 1
         while i >= 0 {
