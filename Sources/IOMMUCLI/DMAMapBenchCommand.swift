@@ -138,7 +138,7 @@ struct DMAMapBenchCommand: ParsableCommand {
         let deadline = now() + Int64(seconds * 1e9)
         let accumulator = Accumulator()
         let failures = Atomic<Int>(0)
-        runBenchThreads(threads) { cpu in
+        runOnThreads(threads) { cpu in
             var pairs = 0
             var mapSum = 0.0, mapSq = 0.0, unmapSum = 0.0, unmapSq = 0.0
             while true {
@@ -170,26 +170,3 @@ struct DMAMapBenchCommand: ParsableCommand {
     }
 }
 
-func runBenchThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    final class Box: @unchecked Sendable {
-        let body: @Sendable (Int) -> Void
-        let index: Int
-        init(_ body: @escaping @Sendable (Int) -> Void, _ index: Int) {
-            self.body = body
-            self.index = index
-        }
-    }
-    var threads: [pthread_t] = []
-    for i in 0..<n {
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(Box(body, i)).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-            box.body(box.index)
-            return nil
-        }, context)
-        precondition(rc == 0, "pthread_create failed")
-        threads.append(thread)
-    }
-    for thread in threads { pthread_join(thread, nil) }
-}

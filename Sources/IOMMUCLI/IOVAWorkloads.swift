@@ -149,7 +149,7 @@ func runIOVAWorkload(_ workload: IOVAWorkload, policy: IOVADomain.Policy, scale:
         let single = try IOVADomain(startPFN: 1, cpuCount: 2, policy: policy)
         let one = w1Loop(single, count: count, cpu: 0)
         let domain = try IOVADomain(startPFN: 1, cpuCount: 2, policy: policy)
-        let results = runOnThreads(2) { thread in w1Loop(domain, count: count, cpu: thread) }
+        let results = collectOnThreads(2) { thread in w1Loop(domain, count: count, cpu: thread) }
         return ((results[0] + results[1]) / 2, one)
     }
 }
@@ -165,26 +165,11 @@ func w1Loop(_ domain: IOVADomain, count: Int, cpu: Int) -> Double {
 }
 
 /// Runs `body(index)` on `n` new threads at once and returns their results.
-func runOnThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Double) -> [Double] {
-    final class Box: @unchecked Sendable {
-        let body: @Sendable (Int) -> Double
-        let index: Int
-        var result = 0.0
-        init(_ body: @escaping @Sendable (Int) -> Double, _ index: Int) { self.body = body; self.index = index }
+func collectOnThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Double) -> [Double] {
+    let results = IOMMUMutex([Double](repeating: 0, count: n))
+    runOnThreads(n) { (index: Int) -> Void in
+        let value = body(index)
+        results.withLock { $0[index] = value }
     }
-    let boxes = (0..<n).map { Box(body, $0) }
-    var threads: [pthread_t] = []
-    for box in boxes {
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(box).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-            box.result = box.body(box.index)
-            return nil
-        }, context)
-        precondition(rc == 0, "pthread_create failed")
-        threads.append(thread)
-    }
-    for thread in threads { pthread_join(thread, nil) }
-    return boxes.map(\.result)
+    return results.withLock { $0 }
 }

@@ -74,26 +74,3 @@ extension DMADevice {
     }
 }
 
-func runThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    final class Box: @unchecked Sendable {
-        let body: @Sendable (Int) -> Void
-        let index: Int
-        init(_ body: @escaping @Sendable (Int) -> Void, _ index: Int) {
-            self.body = body
-            self.index = index
-        }
-    }
-    var threads: [pthread_t] = []
-    for i in 0..<n {
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(Box(body, i)).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-            box.body(box.index)
-            return nil
-        }, context)
-        precondition(rc == 0, "pthread_create failed")
-        threads.append(thread)
-    }
-    for thread in threads { pthread_join(thread, nil) }
-}

@@ -47,7 +47,7 @@ struct DMAStressTests {
         let owners = PageOwners(count: 1 << 20)
         let failures = Atomic<Int>(0)
         let baseline = dev.liveIOVANodes()
-        runThreads(2) { cpu in
+        runOnThreads(2) { cpu in
             var live: [(IOVA, UInt64)] = []
             var rng = SplitMix64(seed: UInt64(cpu + 1))
             for i in 0..<pairs {

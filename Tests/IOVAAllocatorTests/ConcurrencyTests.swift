@@ -27,7 +27,7 @@ struct ConcurrencyTests {
         let domain = try IOVADomain(granule: .size4K, startPFN: start, cpuCount: 2, policy: policy, warningSink: sink)
         let owners = OwnershipMap(count: Int(Self.space))
         let failures = Atomic<Int>(0)
-        runThreads(2) { thread in
+        runOnThreads(2) { thread in
             var rng = SplitMix64(seed: UInt64(thread) + 1)
             let window = 64
             var live = [(pfn: UInt64, size: UInt64)](repeating: (0, 0), count: window)
@@ -89,24 +89,3 @@ final class OwnershipMap: @unchecked Sendable {
     }
 }
 
-/// Runs `body(index)` on `n` threads at once and waits for them.
-func runThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
-    final class Box: @unchecked Sendable {
-        let body: @Sendable (Int) -> Void
-        let index: Int
-        init(_ body: @escaping @Sendable (Int) -> Void, _ index: Int) { self.body = body; self.index = index }
-    }
-    var threads: [pthread_t] = []
-    for i in 0..<n {
-        var thread = pthread_t()
-        let context = Unmanaged.passRetained(Box(body, i)).toOpaque()
-        let rc = pthread_create(&thread, nil, { raw in
-            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-            box.body(box.index)
-            return nil
-        }, context)
-        precondition(rc == 0, "pthread_create failed")
-        threads.append(thread)
-    }
-    for thread in threads { pthread_join(thread, nil) }
-}

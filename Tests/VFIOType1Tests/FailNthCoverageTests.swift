@@ -47,16 +47,7 @@ extension ReliabilityTests {
             _ = try h.addGroup("b")
             return c
         }, attempt: { h, c in
-            let id = h.core.groupID(of: h.core.device(named: "b")!)!
-            let group: VFIOGroup
-            do throws(IOMMUError) { group = try h.vfio.openGroup(id: id) } catch { return error.code }
-            do throws(IOMMUError) {
-                try group.setContainer(c)
-                return nil
-            } catch {
-                group.close()
-                return error.code
-            }
+            join(h, c, device: "b")
         }, unchanged: { h, c in
             let id = h.core.groupID(of: h.core.device(named: "b")!)!
             #expect(h.core.groupInfo(id: id)?.owner == nil, "the group is released again")

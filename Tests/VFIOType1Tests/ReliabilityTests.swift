@@ -106,6 +106,22 @@ struct ReliabilityTests {
         return limit
     }
 
+    /// Opens the group of `device`, sets its container to `c` and runs `then`; on a failure
+    /// closes the group again (the state before the attempt) and returns the errno.
+    func join(_ h: VFIOHarness, _ c: VFIOContainer, device: String, then: () throws(IOMMUError) -> Void = {}) -> Errno? {
+        let id = h.core.groupID(of: h.core.device(named: device)!)!
+        let group: VFIOGroup
+        do throws(IOMMUError) { group = try h.vfio.openGroup(id: id) } catch { return error.code }
+        do throws(IOMMUError) {
+            try group.setContainer(c)
+            try then()
+            return nil
+        } catch {
+            group.close()
+            return error.code
+        }
+    }
+
     @Test(arguments: Injector.allCases)
     func setContainerAndSetIOMMU(_ kind: Injector) throws {
         // GROUP_SET_CONTAINER claims ownership; SET_IOMMU allocates and attaches the domain.
@@ -113,17 +129,7 @@ struct ReliabilityTests {
             _ = try h.addGroup("a")
             return h.vfio.openContainer(process: h.host)
         }, attempt: { h, c in
-            let id = h.core.groupID(of: h.core.device(named: "a")!)!
-            let group: VFIOGroup
-            do throws(IOMMUError) { group = try h.vfio.openGroup(id: id) } catch { return error.code }
-            do throws(IOMMUError) {
-                try group.setContainer(c)
-                try c.setIOMMU(.type1v2)
-                return nil
-            } catch {
-                group.close()  // back to the state before the attempt
-                return error.code
-            }
+            join(h, c, device: "a") { () throws(IOMMUError) in try c.setIOMMU(.type1v2) }
         })
     }
 
