@@ -26,6 +26,9 @@ public final class BouncePool: Sendable {
     }
 
     let state: IOMMUMutex<State>
+    /// Fault injection for slot allocation: the armed `map` finds no slots, as if the pool were
+    /// full (Linux: `swiotlb_tbl_map_single` failing; the map returns `DMA_MAPPING_ERROR`).
+    public let failNth = FailNth()
 
     /// Takes `bytes` (rounded up to the granule) of contiguous frames from `frames`.
     public init(frames: FrameAllocator, bytes: UInt64, granule: PageSize) throws(IOMMUError) {
@@ -61,6 +64,7 @@ public final class BouncePool: Sendable {
     /// - Returns: the bounce address (granule-aligned), or nil if the pool is full.
     func map(original: PhysAddr, length: UInt64) -> PhysAddr? {
         let needed = Int((length + slotSize - 1) / slotSize)
+        if failNth.shouldFail() { return nil }
         let start: Int? = state.withLock { s in
             var run = 0
             for i in 0..<s.used.count {
