@@ -214,6 +214,25 @@ struct DMAFailNthSweepTests {
         return limit
     }
 
+    /// The after-failure check can fail: an IOVA or bounce slot left behind, a live record.
+    @Test func stateComparisonSeesALeakedIOVABounceSlotAndRecord() throws {
+        let f = try Fixture(platform: .flat, lazy: false)
+        let before = f.state()
+        let pfn = try f.cookie!.iovad.fastAlloc(size: 1, limitPFN: 0xFFFFF, flushCaches: false, cpu: 0)
+        #expect(f.state() != before && f.state().iovaAllocations.map(\.first) == [pfn])
+        f.cookie!.iovad.fastFree(pfn: pfn, size: 1, cpu: 0)
+        #expect(f.state() == before, "a cached pfn is free")
+        let slot = try #require(f.api.bouncePool!.map(original: f.pages[0], length: 16))
+        #expect(f.state().bounceSlots == 1)
+        f.api.bouncePool!.unmap(bounce: slot, copyBack: false)
+        let a = f.device.mapPage(f.pages[0], length: 16, direction: .toDevice, cpu: 0)
+        #expect(f.state().live == [a])
+        f.device.unmapPage(a, length: 16, direction: .toDevice, cpu: 0)
+        #expect(f.state() == before)
+        _ = f.warnings.drain()
+        try f.tearDownAndCheckLeaks("state check")
+    }
+
     static let modes: [(Platform, Bool)] = [(.flat, false), (.flat, true), (.smmu, false), (.smmu, true)]
 
     // MARK: - setupDevice
