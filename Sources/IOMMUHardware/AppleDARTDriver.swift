@@ -79,6 +79,9 @@ public final class AppleDARTDriver: IOMMUDriver, DARTInterruptHandler, @unchecke
         state.withLock { $0.masters[device.id] = streams }
     }
 
+    /// The streams the driver holds for `device` (its master config), or nil if none.
+    public func streams(of device: DeviceID) -> [Int]? { state.withLock { $0.masters[device] } }
+
     public func releaseDevice(_ device: IOMMUDeviceInfo) {
         let streams: [Int] = state.withLock { s in
             let streams = s.masters.removeValue(forKey: device.id) ?? []
