@@ -41,7 +41,12 @@ public final class BouncePool: Sendable {
         var first: PhysAddr?
         var count = 0
         for _ in 0..<pages {
-            let frame = try frames.allocate(.size4K)
+            let frame: PhysAddr
+            do { frame = try frames.allocate(.size4K) } catch {
+                // Give back what was taken so far (found by the fail_nth sweep: they leaked).
+                if let first { for i in 0..<count { frames.free(PhysAddr(first.rawValue + UInt64(i) * 4096), .size4K) } }
+                throw error
+            }
             if let f = first, frame.rawValue != f.rawValue + UInt64(count) * 4096 { frames.free(frame, .size4K); break }
             if first == nil { first = frame }
             count += 1

@@ -233,6 +233,34 @@ struct DMAFailNthSweepTests {
         try f.tearDownAndCheckLeaks("state check")
     }
 
+    /// `DMAAPI.init` takes the bounce pool's frames: a failure on any of them throws ENOMEM and
+    /// gives back the ones already taken (they leaked before the sweep found it).
+    @Test func bouncePoolSetupReleasesItsFramesOnFailure() throws {
+        let memory = try PhysicalMemory()
+        let core = IOMMUCore(configuration: IOMMUCoreConfiguration(cpuPageSize: .size4K, defaultDomainType: .dma))
+        var configuration = DMAConfiguration()
+        configuration.bouncePoolBytes = 16 << 10
+        var n = 1
+        while true {
+            // A fresh allocator each time: the pool wants ascending frames from a fresh region.
+            let frames = FrameAllocator(memory: memory)
+            frames.failNth.failOn(n)
+            do {
+                let api = try DMAAPI(core: core, memory: memory, frames: frames, configuration: configuration)
+                frames.failNth.disarm()
+                #expect(api.bouncePool?.slotCount == 4 && frames.framesInUse == 4)
+                break
+            } catch {
+                #expect(error.code == .noMemory)
+                #expect(frames.framesInUse == 0, "n=\(n): \(frames.framesInUse) frames leaked")
+            }
+            n += 1
+            if n > 8 { Issue.record("no success"); break }
+        }
+        print("fail_nth sweep: DMAAPI.init (bounce pool, 16 KiB) [frames] failed for n = 1..<\(n), succeeded at n = \(n)")
+        #expect(n == 5)
+    }
+
     static let modes: [(Platform, Bool)] = [(.flat, false), (.flat, true), (.smmu, false), (.smmu, true)]
 
     // MARK: - setupDevice
