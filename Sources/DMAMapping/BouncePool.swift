@@ -26,6 +26,9 @@ public final class BouncePool: Sendable {
     }
 
     let state: IOMMUMutex<State>
+    /// Fault injection for slot allocation: the armed `map` finds no slots, as if the pool were
+    /// full (Linux: `swiotlb_tbl_map_single` failing; the map returns `DMA_MAPPING_ERROR`).
+    public let failNth = FailNth()
 
     /// Takes `bytes` (rounded up to the granule) of contiguous frames from `frames`.
     public init(frames: FrameAllocator, bytes: UInt64, granule: PageSize) throws(IOMMUError) {
@@ -38,7 +41,12 @@ public final class BouncePool: Sendable {
         var first: PhysAddr?
         var count = 0
         for _ in 0..<pages {
-            let frame = try frames.allocate(.size4K)
+            let frame: PhysAddr
+            do { frame = try frames.allocate(.size4K) } catch {
+                // Give back what was taken so far (found by the fail_nth sweep: they leaked).
+                if let first { for i in 0..<count { frames.free(PhysAddr(first.rawValue + UInt64(i) * 4096), .size4K) } }
+                throw error
+            }
             if let f = first, frame.rawValue != f.rawValue + UInt64(count) * 4096 { frames.free(frame, .size4K); break }
             if first == nil { first = frame }
             count += 1
@@ -61,6 +69,7 @@ public final class BouncePool: Sendable {
     /// - Returns: the bounce address (granule-aligned), or nil if the pool is full.
     func map(original: PhysAddr, length: UInt64) -> PhysAddr? {
         let needed = Int((length + slotSize - 1) / slotSize)
+        if failNth.shouldFail() { return nil }
         let start: Int? = state.withLock { s in
             var run = 0
             for i in 0..<s.used.count {

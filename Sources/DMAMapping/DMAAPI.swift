@@ -57,6 +57,18 @@ public final class DMAAPI: Sendable {
     public let clock: any DMAClock
     public let warnings: any WarningSink
     public let bouncePool: BouncePool?
+    /// Fault injection (iommufd `fail_nth` style) for `setupDevice`: the IOVA cookie allocation
+    /// (Linux: `iommu_get_dma_cookie` / `iova_domain_init_rcaches`, ENOMEM: `setupDevice` throws
+    /// `.outOfMemory` and nothing is set up) and the flush-queue allocation (Linux:
+    /// `iommu_dma_init_fq` failing: the domain silently stays strict).
+    public let failNth = FailNth()
+    /// Fault injection for IOVA allocation in every cookie's IOVA domain: the armed allocation
+    /// fails as if the space were full (Linux: `alloc_iova_fast` returning 0; the map returns
+    /// `DMA_MAPPING_ERROR`, `map_sg` fails, `alloc_coherent` returns NULL).
+    public let iovaFailNth = FailNth()
+    /// Fault injection for magazine allocation in every cookie's IOVA domain (Linux:
+    /// `iova_magazine_alloc` failing in the rcache insert: the freed IOVA goes back to the tree).
+    public let magazineFailNth = FailNth()
     let cookies = IOMMUMutex<[UInt64: DMACookie]>([:])
     let devices = IOMMUMutex<[DeviceID: DMADevice]>([:])
 
@@ -122,9 +134,14 @@ public final class DMAAPI: Sendable {
         }
         let lazy = domain.type == .dmaFQ && core.capable(.deferredFlush, device: device)
         let fq = configuration.flushQueue ?? (configuration.shadowOnFlush ? .single : .perCPU)
+        // iommu_get_dma_cookie + init_iova_domain + iova_domain_init_rcaches: ENOMEM.
+        if failNth.shouldFail() { throw IOMMUError(.outOfMemory, device: device) }
+        // iommu_dma_init_fq: on failure the domain silently stays strict.
+        let queuesAllocated = lazy && !failNth.shouldFail()
         let created = try DMACookie(
-            domain: domain, granule: smallest, basePFN: basePFN, lazy: lazy, flushQueueOptions: fq,
-            configuration: configuration, clock: clock, sink: warnings)
+            domain: domain, granule: smallest, basePFN: basePFN, lazy: queuesAllocated, flushQueueOptions: fq,
+            configuration: configuration, clock: clock, sink: warnings,
+            iovaFailure: iovaFailNth, magazineFailure: magazineFailNth)
         return cookies.withLock { c in
             if let raced = c[domain.serial] { return raced }
             c[domain.serial] = created

@@ -40,7 +40,8 @@ public final class DMACookie: @unchecked Sendable {  // finishTimes: atomics beh
 
     init(
         domain: IOMMUDomain, granule: PageSize, basePFN: UInt64, lazy: Bool, flushQueueOptions: FlushQueueOptions,
-        configuration: DMAConfiguration, clock: any DMAClock, sink: any WarningSink
+        configuration: DMAConfiguration, clock: any DMAClock, sink: any WarningSink,
+        iovaFailure: FailNth? = nil, magazineFailure: FailNth? = nil
     ) throws(IOMMUError) {
         self.domain = domain
         self.granule = granule
@@ -52,7 +53,8 @@ public final class DMACookie: @unchecked Sendable {  // finishTimes: atomics beh
         self.iovad = try IOVADomain(
             granule: granule, startPFN: basePFN, cpuCount: configuration.cpuCount,
             policy: configuration.linuxCompatible ? .linuxCompatible : .checking,
-            warningSink: sink, cpuPageSize: configuration.cpuPageSize)
+            warningSink: sink, magazineAllocationFailure: magazineFailure, allocationFailure: iovaFailure,
+            cpuPageSize: configuration.cpuPageSize)
         let queueCount = lazy ? (flushQueueOptions.single ? 1 : configuration.cpuCount) : 0
         self.queues = (0..<queueCount).map { _ in FlushQueue(slots: flushQueueOptions.size) }
         self.queueRefs = queues.map { Unmanaged.passUnretained($0) }

@@ -382,7 +382,12 @@ public final class DMADevice: Sendable {
         var currentLength: UInt64 = 0
         for (i, e) in entries.enumerated() {
             let off = offsets[i]
-            if currentLength != 0 && off == 0 && dmaAddress & boundary != 0 && options.maxSegmentSize - currentLength >= e.length {
+            // 32-bit unsigned and wrapping as in Linux (`unsigned int` max_len/cur_len/s_length):
+            // a segment already longer than the maximum (an element over it) makes the
+            // difference huge, so the next element merges. (It trapped here before.)
+            if currentLength != 0 && off == 0 && dmaAddress & boundary != 0
+                && UInt32(truncatingIfNeeded: options.maxSegmentSize) &- UInt32(truncatingIfNeeded: currentLength)
+                    >= UInt32(truncatingIfNeeded: e.length) {
                 currentLength += e.length
                 lengths[lengths.count - 1] = currentLength
             } else {

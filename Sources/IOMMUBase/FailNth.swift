@@ -35,6 +35,19 @@ public final class FailNth: Sendable {
         return consumeCountdown()
     }
 
+    /// `shouldFail()` for hot paths (IOVA allocation in the DMA layer): while disarmed it is one
+    /// relaxed load and the call is not counted, so concurrent callers share no written cache
+    /// line. `callCount` then counts only the calls made while armed.
+    @inlinable
+    public func shouldFailWhenArmed() -> Bool {
+        guard isArmed else { return false }
+        recordCall()
+        return consumeCountdown()
+    }
+
+    @usableFromInline
+    var isArmed: Bool { countdown.load(ordering: .relaxed) > 0 }
+
     @usableFromInline
     func recordCall() { calls.wrappingAdd(1, ordering: .relaxed) }
 

@@ -572,6 +572,20 @@ public final class SMMUDomainOps: IOMMUDomainOps, @unchecked Sendable {
         return box.table.iovaToPhys(iova)
     }
 
+    /// The page table against the hardware walker (`AnyIOPageTable.checkConsistency(memory:)`);
+    /// `[]` before finalisation. No Linux counterpart.
+    public func checkPageTableConsistency() -> [ConsistencyViolation] {
+        guard ready.load(ordering: .acquiring), let box else { return [] }
+        return box.table.checkConsistency(memory: frames.memory)
+    }
+
+    /// How many table pages the page table holds (each one frame allocation); 0 before
+    /// finalisation. For leak accounting: a failed map may leave tables it installed in place.
+    public var liveTableCount: Int {
+        guard ready.load(ordering: .acquiring), let box else { return 0 }
+        return box.table.liveTables().count
+    }
+
     /// Linux: `arm_smmu_flush_iotlb_all` → `tlb_flush_all` (TLBIASID + sync).
     public func flushIOTLBAll() {
         guard ready.load(ordering: .acquiring) else { return }

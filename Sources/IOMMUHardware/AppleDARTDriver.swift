@@ -42,6 +42,11 @@ public final class AppleDARTDriver: IOMMUDriver, DARTInterruptHandler, @unchecke
     /// Linux: "DART [pagesize %x, %d streams, bypass support: %d, bypass forced: %d] initialized".
     public let probeMessage: String
     let state: IOMMUMutex<DriverState>
+    /// Fault injection (iommufd `fail_nth` style) at the driver's own allocations, each ENOMEM:
+    /// the master config in probe (Linux: `apple_dart_of_xlate`'s `kzalloc`), the group's copy of
+    /// it for a new group (`apple_dart_device_group`'s `kmemdup`) and a paging domain
+    /// (`apple_dart_domain_alloc_paging`). Page-table pages fail through `FrameAllocator.failNth`.
+    public let failNth = FailNth()
 
     public var pageSizes: PageSizeBitmap { PageSizeBitmap([pageSize]) }
 
@@ -70,8 +75,12 @@ public final class AppleDARTDriver: IOMMUDriver, DARTInterruptHandler, @unchecke
             }
             streams.append(Int(sid.rawValue))
         }
+        if failNth.shouldFail() { throw IOMMUError(.outOfMemory, device: device.id) }
         state.withLock { $0.masters[device.id] = streams }
     }
+
+    /// The streams the driver holds for `device` (its master config), or nil if none.
+    public func streams(of device: DeviceID) -> [Int]? { state.withLock { $0.masters[device] } }
 
     public func releaseDevice(_ device: IOMMUDeviceInfo) {
         let streams: [Int] = state.withLock { s in
@@ -93,6 +102,8 @@ public final class AppleDARTDriver: IOMMUDriver, DARTInterruptHandler, @unchecke
                 if let token, token != existing { throw IOMMUError(.invalidArgument, device: device.id) }
                 token = existing
             }
+            // A new group gets its own copy of the master config (kmemdup).
+            if token == nil, failNth.shouldFail() { throw IOMMUError(.outOfMemory, device: device.id) }
             for stream in streams where s.streamGroup[stream] == nil { s.streamGroup[stream] = token ?? device.id }
             if let token { return .sameGroupAs(token) }
             return device.busKind == .pci ? .pciDefault : .newGroup
@@ -108,6 +119,8 @@ public final class AppleDARTDriver: IOMMUDriver, DARTInterruptHandler, @unchecke
 
     public func allocateDomain(type: IOMMUDomainType, for device: IOMMUDeviceInfo?) throws(IOMMUError) -> any IOMMUDomainOps {
         guard [.blocked, .identity, .unmanaged, .dma, .dmaFQ].contains(type) else { throw IOMMUError(.notSupported) }
+        // Blocked and identity domains are static in Linux; a paging domain is allocated.
+        if type.isPaging, failNth.shouldFail() { throw IOMMUError(.outOfMemory, device: device?.id) }
         return DARTDomainOps(driver: self, type: type)
     }
 
@@ -222,6 +235,20 @@ public final class DARTDomainOps: IOMMUDomainOps, @unchecked Sendable {
     public func iovaToPhys(_ iova: IOVA) -> PhysAddr? {
         guard ready.load(ordering: .acquiring), let box else { return nil }
         return box.table.iovaToPhys(iova)
+    }
+
+    /// The page table against the hardware walker (`AnyIOPageTable.checkConsistency(memory:)`);
+    /// `[]` before finalisation. No Linux counterpart.
+    public func checkPageTableConsistency() -> [ConsistencyViolation] {
+        guard ready.load(ordering: .acquiring), let box else { return [] }
+        return box.table.checkConsistency(memory: driver.frames.memory)
+    }
+
+    /// How many table pages the page table holds (each one frame allocation); 0 before
+    /// finalisation. For leak accounting: a failed map may leave tables it installed in place.
+    public var liveTableCount: Int {
+        guard ready.load(ordering: .acquiring), let box else { return 0 }
+        return box.table.liveTables().count
     }
 
     /// Linux: `apple_dart_flush_iotlb_all` / `apple_dart_iotlb_sync`: invalidate the domain's streams.

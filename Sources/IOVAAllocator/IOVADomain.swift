@@ -95,6 +95,7 @@ public final class IOVADomain: @unchecked Sendable {
     @usableFromInline let checking: Bool
     @usableFromInline let sink: any WarningSink
     let magazineFailure: FailNth?
+    let allocationFailure: FailNth?
     /// The tree lock word and what it guards. Locks and atomics are kept out of line: an
     /// `Atomic` stored inline in this class was laid out past the end of the object by the 6.3
     /// compiler (valgrind: invalid write in init). The locks are small atomic locks of this module
@@ -126,6 +127,10 @@ public final class IOVADomain: @unchecked Sendable {
     ///   - warningSink: where warnings go.
     ///   - magazineAllocationFailure: fault injection for "a new magazine cannot be allocated"
     ///     (Linux: `iova_magazine_alloc(GFP_ATOMIC)` returning NULL in the rcache insert).
+    ///   - allocationFailure: fault injection for "no IOVA space": the armed call of `alloc` or
+    ///     `fastAlloc` throws `.noIOVASpace` at once, before touching caches or tree, as if the
+    ///     space were full (Linux: `alloc_iova_fast` returning 0, so dma-iommu's map returns
+    ///     `DMA_MAPPING_ERROR`). Consulted with `shouldFailWhenArmed()` (one load when disarmed).
     ///   - cpuPageSize: the CPU page size the granule is checked against (Linux: `PAGE_SIZE`).
     /// - Throws: `.invalidConfiguration` for a bad granule or a CPU count below 1.
     public init(
@@ -135,6 +140,7 @@ public final class IOVADomain: @unchecked Sendable {
         policy: Policy = .checking,
         warningSink: any WarningSink = DiscardingWarningSink(),
         magazineAllocationFailure: FailNth? = nil,
+        allocationFailure: FailNth? = nil,
         cpuPageSize: PageSize = .size4K
     ) throws(IOMMUError) {
         guard granule <= cpuPageSize, granule.shift >= 8, granule.shift <= 32 else {
@@ -149,6 +155,7 @@ public final class IOVADomain: @unchecked Sendable {
         self.checking = policy == .checking
         self.sink = warningSink
         self.magazineFailure = magazineAllocationFailure
+        self.allocationFailure = allocationFailure
         treeLock = .allocate(capacity: 1)
         treeLock.initialize(to: Atomic(0))
         treeState = .allocate(capacity: 1)
@@ -257,6 +264,9 @@ public final class IOVADomain: @unchecked Sendable {
         guard size >= 1, size <= 1 << 60, limitPFN < .max else {
             throw IOMMUError(.invalidArgument, address: limitPFN, length: size)
         }
+        if let failure = allocationFailure, failure.shouldFailWhenArmed() {
+            throw IOMMUError(.noIOVASpace, address: limitPFN, length: size)
+        }
         let checking = self.checking
         let node = withTree { s in
             let n = s.allocate(size: size, limit: limitPFN &+ 1, sizeAligned: sizeAligned)
@@ -360,6 +370,9 @@ public final class IOVADomain: @unchecked Sendable {
     @inlinable @inline(__always)
     public func fastAlloc(size: UInt64, limitPFN: UInt64, flushCaches: Bool, cpu: Int) throws(IOMMUError) -> PFN {
         checkCPU(cpu)
+        if let failure = allocationFailure, failure.shouldFailWhenArmed() {
+            throw IOMMUError(.noIOVASpace, address: limitPFN, length: size)
+        }
         var size = size
         if size < 32 {
             guard size != 0 else { throw IOMMUError(.invalidArgument, address: limitPFN, length: 0) }

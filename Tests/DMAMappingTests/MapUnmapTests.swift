@@ -188,4 +188,23 @@ struct DomainInitTests {
         let h2 = try DMAHarness(lazy: true)
         #expect(try h2.device().cookie!.flushQueueOptions == .perCPU)
     }
+
+    /// Found by the fail_nth sweep: an element longer than the maximum segment size trapped on
+    /// `maxSegmentSize - currentLength`. Linux computes it in `unsigned int` and wraps, so the
+    /// next page-aligned element merges into that segment.
+    @Test func elementLongerThanMaxSegmentSizeDoesNotTrapAndMergesAsLinux() throws {
+        let h = try DMAHarness()
+        let dev = try h.device(options: { var o = DMADeviceOptions(); o.maxSegmentSize = 0x1_0000; return o }())
+        let entries = [DMAScatterEntry(paddr: PhysAddr(0x9000_0000), length: 0x2_0000),
+                       DMAScatterEntry(paddr: PhysAddr(0x9100_0000), length: 0x1000),
+                       DMAScatterEntry(paddr: PhysAddr(0x9200_0800), length: 0x100)]
+        let m = try #require(dev.mapSG(entries, direction: .toDevice))
+        // 128 KiB + 4 KiB merged (wrapped difference), then a new segment for the element
+        // with an offset; the IOVA range is 128 KiB + 4 KiB + one granule.
+        #expect(m.lengths == [0x2_1000, 0x100])
+        #expect(m.addresses == [m.iova, IOVA(m.iova.rawValue + 0x2_1800)])
+        #expect(m.iovaLength == 0x2_2000)
+        dev.unmapSG(m, direction: .toDevice)
+        #expect(h.drainWarnings().isEmpty)
+    }
 }

@@ -86,6 +86,18 @@ import Testing
         #expect(injector.callCount == 5)
         #expect(injector.failureCount == 1)
     }
+
+    @Test func hotPathVariantCountsOnlyWhileArmed() {
+        let injector = FailNth()
+        #expect(!injector.shouldFailWhenArmed())
+        #expect(injector.callCount == 0, "disarmed: not counted")
+        injector.failOn(2)
+        #expect(!injector.shouldFailWhenArmed())
+        #expect(injector.shouldFailWhenArmed())
+        #expect(!injector.shouldFailWhenArmed())
+        #expect(injector.callCount == 2)
+        #expect(injector.failureCount == 1)
+    }
 }
 
 @Suite struct SplitMix64Tests {

@@ -186,6 +186,28 @@ struct EdgeCaseTests {
         #expect(d.checkInvariants() == nil)
     }
 
+    @Test(arguments: IOVADomain.Policy.allCases)
+    func injectedAllocationFailureIsNoSpaceAndTouchesNothing(policy: IOVADomain.Policy) throws {
+        let failure = FailNth()
+        let d = try IOVADomain(granule: .size4K, startPFN: 1, cpuCount: 1, policy: policy, allocationFailure: failure)
+        let cached = try d.fastAlloc(size: 1, limitPFN: Self.limit32, flushCaches: false, cpu: 0)
+        d.fastFree(pfn: cached, size: 1, cpu: 0)
+        let before = d.snapshot()
+        // Fails even though a cached pfn would satisfy it: "as if the space were full".
+        failure.failOn(1)
+        #expect(throws: IOMMUError(.noIOVASpace, address: Self.limit32, length: 1)) {
+            try d.fastAlloc(size: 1, limitPFN: Self.limit32, flushCaches: true, cpu: 0)
+        }
+        failure.failOn(1)
+        #expect(throws: IOMMUError(.noIOVASpace, address: Self.limit32, length: 3)) {
+            try d.alloc(size: 3, limitPFN: Self.limit32, sizeAligned: false)
+        }
+        #expect(d.snapshot() == before)
+        #expect(failure.failureCount == 2)
+        #expect(try d.fastAlloc(size: 1, limitPFN: Self.limit32, flushCaches: false, cpu: 0) == cached)
+        #expect(d.checkInvariants() == nil)
+    }
+
     @Test func depotIsTrimmedOnlyByTicksOneMagazinePerPeriodAboveTheCPUCount() throws {
         let d = try domain()
         var pfns: [PFN] = []
