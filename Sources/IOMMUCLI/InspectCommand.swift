@@ -35,6 +35,12 @@ struct InspectCommand: ParsableCommand {
     @Flag(help: "Include raw page-table descriptors in the text output (always in JSON).")
     var tables = false
 
+    @Flag(help: "Run every consistency checker instead of showing the state; exit 1 on any violation.")
+    var check = false
+
+    @Option(name: .customLong("reach"), help: ArgumentHelp("List every physical range DEVICE can reach now, and why.", valueName: "DEVICE"))
+    var reachDevice: String?
+
     func run() throws {
         let outcome = execute()
         if !outcome.standardOutput.isEmpty { print(outcome.standardOutput, terminator: "") }
@@ -60,7 +66,12 @@ struct InspectCommand: ParsableCommand {
         } catch {
             return .init(standardError: "\(file):1: cannot build the platform: \(error)\n", status: 2)
         }
+        if let reachDevice, !scenario.platform.devices.contains(where: { $0.name == reachDevice }) {
+            let names = scenario.platform.devices.map(\.name).joined(separator: ", ")
+            return .init(standardError: "error: --reach: no device '\(reachDevice)' in \(file); the devices are: \(names)\n", status: 2)
+        }
         runner.run(upTo: at)
+        if check || reachDevice != nil { return audit(runner) }
         let inspection = runner.inspect()
         return .init(standardOutput: json ? Self.json(inspection).rendered(pretty: true) + "\n" : text(inspection, scenario: scenario))
     }

@@ -47,7 +47,11 @@ extension ScenarioRunner {
                     out.routes.append("\(via): \(why) — reaches nothing")
                 case .bypass(let why):
                     out.routes.append("\(via): \(why) — bypass")
-                    out.entries.append(bypassEntry(mask: mask, via: via, why: why))
+                    if let i = out.entries.firstIndex(where: { $0.reason == .bypass }) {
+                        out.entries[i].via += ", " + via  // one bypass covers it all
+                    } else {
+                        out.entries.append(bypassEntry(mask: mask, via: via, why: why))
+                    }
                 case let .translate(key, walker, context, asid, vmid, tlb, domain, what):
                     let domainText = domain.map { "domain#\($0.serial) (\($0.type.sysfsName))" }
                     out.routes.append("\(via): \(what) → \(domainText ?? "no live domain uses this table")")
