@@ -65,6 +65,7 @@ extension InspectCommand {
             if let iova = e.iova { line += "  iova \(hex(iova))" }
             if let prot = e.prot { line += " \(prot)" }
             if let domain = e.domain { line += "  \(domain)" }
+            while line.last == " " { line.removeLast() }
             out += line + "\n"
             if let owner = e.owner { out += "      \(e.reason == .granuleRounding ? "beyond" : "buffer"): \(owner)\n" }
             out += "      \(e.detail)\n"
