@@ -420,7 +420,9 @@ public final class ARMSMMU: DMATranslatingHardware, @unchecked Sendable {
         }
     }
 
-    static func makeWalker(memory: PhysicalMemory, _ r: ContextBankRegisters) -> HardwareWalker? {
+    /// The walker a context bank's registers configure (nil: the bank's type translates
+    /// nothing the model walks — every access faults). Also used by the isolation audit.
+    package static func makeWalker(memory: PhysicalMemory, _ r: ContextBankRegisters) -> HardwareWalker? {
         switch r.type {
         case .stage2Translate:
             return try? HardwareWalker(memory: memory, vttbr: r.ttbr0, vtcr: r.tcr)

@@ -549,6 +549,13 @@ public final class SMMUDomainOps: IOMMUDomainOps, @unchecked Sendable {
     /// The page table's register values (TTBR/TCR/MAIR or VTTBR/VTCR), once finalised.
     public var tableRegisters: PageTableRegisters? { ready.load(ordering: .acquiring) ? box?.table.registers : nil }
 
+    /// Runs `body` with the domain's page table (nil before finalise and after free), for the
+    /// consistency checkers and the isolation audit (`iommu inspect --check` / `--reach`).
+    package func withPageTable<R>(_ body: (borrowing AnyIOPageTable) -> R) -> R? {
+        guard ready.load(ordering: .acquiring), let box else { return nil }
+        return body(box.table)
+    }
+
     public func mapPages(iova: IOVA, paddr: PhysAddr, pageSize: PageSize, count: UInt64, prot: IOMMUProt, mapped: inout UInt64) throws(IOMMUError) {
         guard ready.load(ordering: .acquiring), let box else { throw IOMMUError(.noSuchDevice, address: iova.rawValue) }
         var invalidator = SMMUContextInvalidator(smmu: driver.smmu, bank: bank)

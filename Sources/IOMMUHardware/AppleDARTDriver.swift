@@ -211,7 +211,15 @@ public final class DARTDomainOps: IOMMUDomainOps, @unchecked Sendable {
 
     func addStream(_ stream: Int) { streamMask.bitwiseOr(1 << UInt32(stream), ordering: .relaxed) }
 
-    var tableRegisters: PageTableRegisters? { ready.load(ordering: .acquiring) ? box?.table.registers : nil }
+    /// The page table's register values (TCR, TTBRs), once finalised.
+    package var tableRegisters: PageTableRegisters? { ready.load(ordering: .acquiring) ? box?.table.registers : nil }
+
+    /// Runs `body` with the domain's page table (nil before finalise and after free), for the
+    /// consistency checkers and the isolation audit (`iommu inspect --check` / `--reach`).
+    package func withPageTable<R>(_ body: (borrowing AnyIOPageTable) -> R) -> R? {
+        guard ready.load(ordering: .acquiring), let box else { return nil }
+        return body(box.table)
+    }
 
     public func mapPages(iova: IOVA, paddr: PhysAddr, pageSize: PageSize, count: UInt64, prot: IOMMUProt, mapped: inout UInt64) throws(IOMMUError) {
         guard ready.load(ordering: .acquiring), let box else { throw IOMMUError(.noSuchDevice, address: iova.rawValue) }

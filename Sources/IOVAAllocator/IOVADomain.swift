@@ -95,7 +95,7 @@ public final class IOVADomain: @unchecked Sendable {
     @usableFromInline let checking: Bool
     @usableFromInline let sink: any WarningSink
     let magazineFailure: FailNth?
-    let allocationFailure: FailNth?
+    @usableFromInline let allocationFailure: FailNth?
     /// The tree lock word and what it guards. Locks and atomics are kept out of line: an
     /// `Atomic` stored inline in this class was laid out past the end of the object by the 6.3
     /// compiler (valgrind: invalid write in init). The locks are small atomic locks of this module
