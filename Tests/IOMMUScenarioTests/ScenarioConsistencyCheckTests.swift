@@ -55,7 +55,7 @@ struct ScenarioConsistencyCheckTests {
         dart.writeStream(1, tcr: saved.tcr, ttbrs: saved.ttbrs)
         dart.writeStream(2, tcr: DARTRegister.tcrBypassDART, ttbrs: [])
         dart.writeStream(5, tcr: DARTRegister.tcrBypassDART, ttbrs: [])
-        #expect(runner.checkConsistency().map(\.message) == ["stream 5 is used by no device but TCR is 0x100"])
+        #expect(runner.checkConsistency().map(\.message) == ["stream 5 is used by no device but is enabled (TCR 0x100)"])
     }
 
     @Test func cookieCheckerReportsALiveDMAMappingUnmappedUnderneath() throws {
