@@ -114,7 +114,13 @@ public final class DMACookie: @unchecked Sendable {  // finishTimes: atomics beh
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         queueRefs[flushQueueOptions.single ? 0 : cpu]._withUnsafeGuaranteedRef { queue in queue.ring.withLock { ring in
             freeCompleted(&ring, cpu: cpu)
-            if ring.isFull {
+            // Linux flushes once and adds the entry. But the finish counter counts completed
+            // flushes, so while another CPU's flush is still in flight one more flush of ours can
+            // leave every entry looking unflushed: the ring stays full and Linux's add would
+            // overwrite the oldest entries (IOVAs never freed). Flush until the head is freeable;
+            // each round retires one more flush, so this ends after at most one round per flush
+            // in flight.
+            while ring.isFull {
                 flushAll()
                 freeCompleted(&ring, cpu: cpu)
             }

@@ -57,7 +57,7 @@ struct DMAAllocationRule {
     static let limit32: UInt64 = 0xFFFFF
     static let limit48: UInt64 = 0xF_FFFF_FFFF
 
-    @inline(__always)
+    @inline(always)
     mutating func fastAlloc(_ domain: IOVADomain, size: UInt64, cpu: Int) -> UInt64 {
         if tryThirtyTwoBitFirst {
             if let pfn = try? domain.fastAlloc(size: size, limitPFN: Self.limit32, flushCaches: false, cpu: cpu) {
@@ -65,7 +65,13 @@ struct DMAAllocationRule {
             }
             tryThirtyTwoBitFirst = false
         }
-        return (try? domain.fastAlloc(size: size, limitPFN: Self.limit48, flushCaches: true, cpu: cpu))?.rawValue ?? 0
+        return Self.fullWidth(domain, size: size, cpu: cpu)
+    }
+
+    /// The full-width attempt (after the first 32-bit failure), kept out of the inlined path.
+    @inline(never)
+    static func fullWidth(_ domain: IOVADomain, size: UInt64, cpu: Int) -> UInt64 {
+        (try? domain.fastAlloc(size: size, limitPFN: limit48, flushCaches: true, cpu: cpu))?.rawValue ?? 0
     }
 
     @inline(__always)

@@ -70,28 +70,26 @@ final class AllocationTable: @unchecked Sendable {
         return slots
     }
 
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     func home(_ pfn: UInt64) -> Int {
         Int(truncatingIfNeeded: (pfn &* 0x9E37_79B9_7F4A_7C15) >> UInt64(header.pointee.shift))
     }
 
-    @usableFromInline enum FreeCheck { case ok, notFound, alreadyCached, wrongSize(UInt64) }
-
     /// Marks the live allocation at `pfn` as cached if its size has the same
-    /// `order_base_2` as `order`. Call under a per-CPU lock (or the tree lock).
-    @inlinable @inline(__always)
-    func markCached(_ pfn: UInt64, order: Int) -> FreeCheck {
+    /// `order_base_2` as `order`; false (nothing changed) when `pfn` is not the start of a live
+    /// tracked allocation, is already cached, or has another size class — the caller diagnoses
+    /// which under the tree lock. Call under a per-CPU lock (or the tree lock).
+    @inlinable @inline(always)
+    func markCached(_ pfn: UInt64, order: Int) -> Bool {
         let slots = header.pointee.slots, mask = header.pointee.mask
         var i = home(pfn)
         while true {
             let w = slots[i].load(ordering: .relaxed)
-            if w == 0 { return .notFound }
-            if w >> 8 == pfn && w != Self.tombstone {
-                if w & Self.cachedBit != 0 { return .alreadyCached }
-                let size = w & Self.sizeMask
-                if orderOf(size) != order { return .wrongSize(size) }
-                let (done, _) = slots[i].compareExchange(expected: w, desired: w | Self.cachedBit, ordering: .relaxed)
-                if done { return .ok }
+            if w == 0 { return false }
+            if w >> 8 == pfn && w != AllocationTable.tombstone {
+                if w & AllocationTable.cachedBit != 0 || orderOf(w & AllocationTable.sizeMask) != order { return false }
+                let (done, _) = slots[i].compareExchange(expected: w, desired: w | AllocationTable.cachedBit, ordering: .relaxed)
+                if done { return true }
                 continue  // changed under us (another CPU or a delete): look again
             }
             i = (i &+ 1) & mask
@@ -104,15 +102,15 @@ final class AllocationTable: @unchecked Sendable {
     /// slot (a concurrent free of it sees the cached bit and only warns; it is in no other
     /// magazine, so no drain removes it; the tree API refuses to free a cached pfn; rebuilds are
     /// excluded by the caller's per-CPU lock), so no update can be lost.
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     func markLive(_ pfn: UInt64) {
         let slots = header.pointee.slots, mask = header.pointee.mask
         var i = home(pfn)
         while true {
             let w = slots[i].load(ordering: .relaxed)
             if w == 0 { return }  // not tracked (e.g. a reserve stretched it): nothing to do
-            if w >> 8 == pfn && w != Self.tombstone {
-                slots[i].store(w & ~Self.cachedBit, ordering: .relaxed)
+            if w >> 8 == pfn && w != AllocationTable.tombstone {
+                slots[i].store(w & ~AllocationTable.cachedBit, ordering: .relaxed)
                 return
             }
             i = (i &+ 1) & mask
@@ -199,5 +197,5 @@ final class AllocationTable: @unchecked Sendable {
     var liveCount: Int { counts.pointee.live }
 }
 
-@inlinable @inline(__always)
+@inlinable @inline(always)
 func orderOf(_ size: UInt64) -> Int { size <= 1 ? 0 : 64 - (size &- 1).leadingZeroBitCount }

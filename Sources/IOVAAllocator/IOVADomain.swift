@@ -203,20 +203,20 @@ public final class IOVADomain: @unchecked Sendable {
 
     // MARK: - Per-CPU access
 
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     func cpuLock(_ cpu: Int) -> UnsafeMutablePointer<Atomic<UInt32>> {
-        (cpuBlocks + cpu &* Self.cpuStride).assumingMemoryBound(to: Atomic<UInt32>.self)
+        (cpuBlocks + cpu &* IOVADomain.cpuStride).assumingMemoryBound(to: Atomic<UInt32>.self)
     }
 
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     func magazines(_ cpu: Int) -> UnsafeMutablePointer<Magazine> {
-        (cpuBlocks + (cpu &* Self.cpuStride &+ Self.magazinesOffset)).assumingMemoryBound(to: Magazine.self)
+        (cpuBlocks + (cpu &* IOVADomain.cpuStride &+ IOVADomain.magazinesOffset)).assumingMemoryBound(to: Magazine.self)
     }
 
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     func lockCPU(_ cpu: Int) { spinLock(cpuLock(cpu)) }
 
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     func unlockCPU(_ cpu: Int) { spinUnlock(cpuLock(cpu)) }
 
     /// Runs `body` on the tree state under the tree lock (Linux: `iova_rbtree_lock`).
@@ -244,7 +244,7 @@ public final class IOVADomain: @unchecked Sendable {
         return Int(truncatingIfNeeded: ((id &* 0x9E37_79B9_7F4A_7C15) >> 32) % UInt64(cpuCount))
     }
 
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     func checkCPU(_ cpu: Int) {
         precondition(cpu >= 0 && cpu < cpuCount, "cpu index out of range")
     }
@@ -367,8 +367,25 @@ public final class IOVADomain: @unchecked Sendable {
     /// pfn, not the highest.
     /// - Returns: the first pfn.
     /// - Throws: `.noIOVASpace`.
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     public func fastAlloc(size: UInt64, limitPFN: UInt64, flushCaches: Bool, cpu: Int) throws(IOMMUError) -> PFN {
+        // Inlined into callers: only the magazine hit of a valid request (1...32 pages, a CPU in
+        // range, no fault injector). Everything else, and every error, is in `fastAllocSlow`, so
+        // the inlined code stays small enough for the optimiser to inline `fastFree` next to it.
+        if size &- 1 < 32 && UInt(bitPattern: cpu) < UInt(bitPattern: cpuCount) && allocationFailure == nil {
+            let rounded = size == 1 ? 1 : UInt64(1) &<< UInt64(64 &- (size &- 1).leadingZeroBitCount)
+            // Linux passes limit_pfn + 1 - size (wrapping, as in C) as the highest usable pfn.
+            let pfn = rcacheGet(order: orderOf(rounded), cpu: cpu, highestPFN: limitPFN &+ 1 &- rounded)
+            if pfn != 0 { return PFN(pfn) }
+            return try fastAllocFromTree(size: rounded, limitPFN: limitPFN, flushCaches: flushCaches)
+        }
+        return try fastAllocSlow(size: size, limitPFN: limitPFN, flushCaches: flushCaches, cpu: cpu)
+    }
+
+    /// `fastAlloc` for everything but the inlined magazine hit: argument checks, the fault
+    /// injector, sizes above 32 pages.
+    @usableFromInline @inline(never)
+    func fastAllocSlow(size: UInt64, limitPFN: UInt64, flushCaches: Bool, cpu: Int) throws(IOMMUError) -> PFN {
         checkCPU(cpu)
         if let failure = allocationFailure, failure.shouldFailWhenArmed() {
             throw IOMMUError(.noIOVASpace, address: limitPFN, length: size)
@@ -380,7 +397,6 @@ public final class IOVADomain: @unchecked Sendable {
         }
         let order = orderOf(size)
         if order < Self.rangeCacheSizeClasses {
-            // Linux passes limit_pfn + 1 - size (wrapping, as in C) as the highest usable pfn.
             let pfn = rcacheGet(order: order, cpu: cpu, highestPFN: limitPFN &+ 1 &- size)
             if pfn != 0 { return PFN(pfn) }
         }
@@ -418,8 +434,23 @@ public final class IOVADomain: @unchecked Sendable {
     /// Linux: `free_iova_fast(iovad, pfn, size)`, bucketed by `order_base_2(size)`. With
     /// ``Policy/checking`` the free is validated first; a bad one is reported (see ``Policy``) and
     /// ignored.
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     public func fastFree(pfn: PFN, size: UInt64, cpu: Int) {
+        // Inlined into callers: a cached size (1...32 pages) on a CPU in range; the rest is in
+        // `fastFreeSlow`.
+        if size &- 1 < 32 && UInt(bitPattern: cpu) < UInt(bitPattern: cpuCount) {
+            if rcacheInsert(order: orderOf(size), cpu: cpu, pfn: pfn.rawValue, size: size) { return }
+            freeFromFastPath(pfn: pfn.rawValue, size: size, cpu: cpu)
+            return
+        }
+        fastFreeSlow(pfn: pfn, size: size, cpu: cpu)
+    }
+
+    /// `fastFree` for what the inlined part does not handle: a CPU out of range (a trap), size 0
+    /// (cached as order 0 by `linuxCompatible`, as Linux's `order_base_2(0)`; rejected by
+    /// `checking`), sizes above 32 pages (to the tree).
+    @usableFromInline @inline(never)
+    func fastFreeSlow(pfn: PFN, size: UInt64, cpu: Int) {
         checkCPU(cpu)
         let order = orderOf(size)
         if order < Self.rangeCacheSizeClasses && (size != 0 || !checking) {
@@ -434,7 +465,7 @@ public final class IOVADomain: @unchecked Sendable {
     }
 
     /// Linux: `iova_rcache_get` for one size class.
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     func rcacheGet(order: Int, cpu: Int, highestPFN: UInt64) -> UInt64 {
         lockCPU(cpu)
         let mags = magazines(cpu)
@@ -464,13 +495,11 @@ public final class IOVADomain: @unchecked Sendable {
     /// Linux: `iova_rcache_insert`, plus the checking policy's validation. Returns false when the
     /// caller must fall back to the tree free (no magazine could be allocated). A free the checking
     /// policy rejects is reported here and counts as handled (true).
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     func rcacheInsert(order: Int, cpu: Int, pfn: UInt64, size: UInt64) -> Bool {
         lockCPU(cpu)
         if checking {
-            switch table.markCached(pfn, order: order) {
-            case .ok: break
-            default:
+            if !table.markCached(pfn, order: order) {
                 unlockCPU(cpu)
                 // Diagnosed (and reported) under the tree lock, where the table is authoritative.
                 diagnoseBadFastFree(pfn: pfn, size: size, order: order, cpu: cpu)

@@ -18,13 +18,13 @@ struct Magazine: ~Copyable, @unchecked Sendable {
 
     deinit { pfns.deallocate() }
 
-    @inlinable @inline(__always) var isEmpty: Bool { count == 0 }
-    @inlinable @inline(__always) var isFull: Bool { count == Self.capacity }
+    @inlinable @inline(always) var isEmpty: Bool { count == 0 }
+    @inlinable @inline(always) var isFull: Bool { count == Magazine.capacity }
 
     /// Linux: `iova_magazine_push`. Pushing into a full magazine is a programmer error.
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     mutating func push(_ pfn: UInt64) {
-        precondition(count < Self.capacity, "Magazine.push on a full magazine")
+        precondition(count < Magazine.capacity, "Magazine.push on a full magazine")
         pfns[count] = pfn
         count &+= 1  // < capacity by the precondition
     }
@@ -32,7 +32,7 @@ struct Magazine: ~Copyable, @unchecked Sendable {
     /// Linux: `iova_magazine_pop`: scans from the newest entry down for the first pfn
     /// `<= highestPFN`; removes it by moving the newest entry into its slot. Returns 0 when none
     /// is suitable (or the magazine is empty), leaving the magazine unchanged.
-    @inlinable @inline(__always)
+    @inlinable @inline(always)
     mutating func pop(atOrBelow highestPFN: UInt64) -> UInt64 {
         var i = count &- 1
         while i >= 0 {

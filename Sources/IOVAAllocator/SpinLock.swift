@@ -12,7 +12,7 @@ import Darwin
 ///
 /// Used for the per-CPU caches, the depots and the tree. Being made of this module's atomics,
 /// it is visible to ThreadSanitizer, unlike `Synchronization.Mutex` on Linux.
-@inlinable @inline(__always)
+@inlinable @inline(always)
 func spinLock(_ word: UnsafeMutablePointer<Atomic<UInt32>>) {
     if word.pointee.exchange(1, ordering: .acquiring) == 0 { return }
     spinLockSlow(word)
@@ -33,7 +33,7 @@ func spinLockSlow(_ word: UnsafeMutablePointer<Atomic<UInt32>>) {
     }
 }
 
-@inlinable @inline(__always)
+@inlinable @inline(always)
 func spinUnlock(_ word: UnsafeMutablePointer<Atomic<UInt32>>) {
     word.pointee.store(0, ordering: .releasing)
 }
