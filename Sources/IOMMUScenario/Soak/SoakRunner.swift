@@ -67,6 +67,7 @@ public enum SoakRunner {
                 w.violations = []
             }
             for (slot, pages) in virtioDisagreements(platform, workers) { report.record(violation: "\(label): virtio domain \(slot): \(pages)") }
+            for v in dmaDisagreements(platform, workers) { report.record(violation: "\(label): \(v)") }
         }
 
         repeat {
@@ -118,6 +119,35 @@ public enum SoakRunner {
                 let actual = (platform.virtio.mappings(ofDomain: domain) ?? []).map(\.first).sorted()
                 if expected != actual { out.append((domain, "device has \(actual.count) mapping(s), the requests left \(expected.count)")) }
             }
+        }
+        return out
+    }
+
+    /// The DMA-API mappings the threads hold against the debug layer's records and the page
+    /// tables: each live mapping still translates to its buffer (bounced ones into the pool).
+    static func dmaDisagreements(_ platform: SoakPlatform, _ workers: [SoakWorker]) -> [String] {
+        var out: [String] = []
+        var held: [DeviceID: Int] = [:]
+        for w in workers {
+            for m in w.pages {
+                held[m.device.id, default: 0] += 1
+                let pa = m.device.cookie?.domain.iovaToPhys(m.address)
+                let ok = m.bounced ? pa.map { platform.api.bouncePool?.contains($0) ?? false } ?? false : pa == m.paddr
+                if !ok { out.append("dma mapping \(m.address) of \(m.device.name) translates to \(pa.map { "\($0)" } ?? "nothing"), expected \(m.bounced ? "the bounce pool" : "\(m.paddr)")") }
+            }
+            for (device, mapping, _) in w.scatterLists {
+                held[device.id, default: 0] += 1
+                for (segment, entry) in zip(mapping.addresses, mapping.entries) where mapping.addresses.count == mapping.entries.count {
+                    if device.cookie?.domain.iovaToPhys(segment) != entry.paddr { out.append("sg segment \(segment) of \(device.name) does not translate to \(entry.paddr)") }
+                }
+            }
+            for (device, buffer) in w.coherent {
+                held[device.id, default: 0] += 1
+                if device.cookie?.domain.iovaToPhys(buffer.dmaAddress) != buffer.pages.first { out.append("coherent buffer \(buffer.dmaAddress) of \(device.name) does not translate to its first page") }
+            }
+        }
+        for device in [platform.strict, platform.lazy, platform.untrusted] where device.liveMappings.count != held[device.id, default: 0] {
+            out.append("dma-debug records \(device.liveMappings.count) live mapping(s) of \(device.name), the threads hold \(held[device.id, default: 0])")
         }
         return out
     }
