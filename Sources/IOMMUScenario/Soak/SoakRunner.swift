@@ -13,8 +13,8 @@ public struct SoakConfiguration: Sendable {
     public var durationNanoseconds: UInt64
     /// Seeds every thread's random choices (thread i: a fixed function of seed and i).
     public var seed: UInt64 = 1
-    /// Worker threads (2: the machine has two cores; Linux lets every layer exercised here run
-    /// on several CPUs at once).
+    /// Worker threads, 1 or 2 (clamped): the machine has two cores, and each thread owns one of
+    /// the two accel devices. Linux lets every layer exercised here run on several CPUs at once.
     public var threads: Int = 2
     /// Operations per thread between quiesced checkpoints (K).
     public var operationsPerCheck: Int = 2_000
@@ -44,6 +44,7 @@ public struct SoakConfiguration: Sendable {
 public enum SoakRunner {
     /// Runs the soak. Never throws: a setup failure is reported as a violation.
     public static func run(_ configuration: SoakConfiguration) -> SoakReport {
+        let configuration = { var c = configuration; c.threads = max(1, min(2, c.threads)); return c }()
         let start = monotonicNanoseconds()
         var report = SoakReport(seed: configuration.seed, threads: configuration.threads, requestedNanoseconds: configuration.durationNanoseconds)
         report.checkers = SoakPlatform.checkerNames

@@ -83,17 +83,16 @@ final class SoakWorker: @unchecked Sendable {
         let lazy = chance(50)
         let device = lazy ? platform.lazy : platform.strict
         let offset = UInt64(below(16)) << 12 + (chance(30) ? UInt64(below(64)) * 16 : 0)
-        let length = UInt64(1 + below(Int(SoakPlatform.bufferLength - offset)))
-        let length2 = min(length, 0x4000)
+        let length = UInt64(1 + below(Int(min(0x4000, SoakPlatform.bufferLength - offset))))
         let paddr = PhysAddr(platform.buffers[index].rawValue + offset)
         let direction = [DMAMapping.DMADirection.bidirectional, .toDevice, .fromDevice][below(3)]
-        let address = device.mapPage(paddr, length: length2, direction: direction, cpu: index)
+        let address = device.mapPage(paddr, length: length, direction: direction, cpu: index)
         count(lazy ? .dmaMapPageLazy : .dmaMapPageStrict)
-        guard !device.mappingError(address) else { fail("dma_map_page \(device.name) \(paddr) +\(length2) failed"); return }
+        guard !device.mappingError(address) else { fail("dma_map_page \(device.name) \(paddr) +\(length) failed"); return }
         if let domain = device.cookie?.domain, domain.iovaToPhys(address)?.rawValue != paddr.rawValue {
             fail("dma_map_page \(device.name) \(address) translates to \(domain.iovaToPhys(address).map { "\($0)" } ?? "nothing"), not \(paddr)")
         }
-        pages.append(DMAPage(device: device, address: address, length: length2, direction: direction, paddr: paddr, bounced: false))
+        pages.append(DMAPage(device: device, address: address, length: length, direction: direction, paddr: paddr, bounced: false))
     }
 
     func dmaBounce() {
@@ -285,7 +284,7 @@ final class SoakWorker: @unchecked Sendable {
             let domain = domains[below(3)]
             let status = send(attach: domain, endpoint: endpoint)
             count(.virtioAttach)
-            if status != .ok { fail("virtio ATTACH \(domain) ← \(endpoint): \(status)"); return }
+            if status != .ok { fail("virtio ATTACH \(domain) ← \(endpoint): \(status.map { "\($0)" } ?? "no answer")"); return }
             let current = virtioEndpoint[endpoint]
             let sharers = virtioEndpoint.filter { $0.value == current }.count
             if let current, sharers == 1 { virtioMappings[current] = nil }   // the old domain died with its mappings
@@ -300,7 +299,7 @@ final class SoakWorker: @unchecked Sendable {
             let phys = platform.buffers[index].rawValue + UInt64(slot) << 12
             let status = send(type: 3, domain: domain, first: first, last: first + 0xFFF, phys: phys, flags: 3)
             count(.virtioMap)
-            if status != .ok { fail("virtio MAP domain \(domain) slot \(slot): \(status)"); return }
+            if status != .ok { fail("virtio MAP domain \(domain) slot \(slot): \(status.map { "\($0)" } ?? "no answer")"); return }
             virtioMappings[domain, default: []].insert(slot)
             // An endpoint of the domain reads it through the domain's table.
             if let endpoint = virtioEndpoint.first(where: { $0.value == domain })?.key {
@@ -313,7 +312,7 @@ final class SoakWorker: @unchecked Sendable {
             let first = 0x1000_0000 + UInt64(slot) << 12
             let status = send(type: 4, domain: domain, first: first, last: first + 0xFFF, phys: 0, flags: 0)
             count(.virtioUnmap)
-            if status != .ok { fail("virtio UNMAP domain \(domain) slot \(slot): \(status)"); return }
+            if status != .ok { fail("virtio UNMAP domain \(domain) slot \(slot): \(status.map { "\($0)" } ?? "no answer")"); return }
             virtioMappings[domain]?.remove(slot)
         }
     }
