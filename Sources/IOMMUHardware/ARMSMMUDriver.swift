@@ -527,7 +527,7 @@ public final class SMMUDomainOps: IOMMUDomainOps, @unchecked Sendable {
     unowned let driver: ARMSMMUDriver
     public let type: IOMMUDomainType
     let frames: FrameAllocator
-    private(set) var box: PageTableBox?
+    private var box: PageTableBox?
     private var bank: Int = -1
     private let ready = Atomic<Bool>(false)
 

@@ -199,8 +199,8 @@ final class SoakPlatform: @unchecked Sendable {
 
     /// Names of the checkers `checkAll` runs (for the report).
     static let checkerNames = [
-        "IOMMUCore.checkConsistency", "ARMSMMUDriver.checkConsistency", "SMMUDomainOps.checkConsistency (every SMMU domain's page table)",
-        "IOVADomain.checkConsistency (DMA cookies + standalone)", "VFIOContainer.checkConsistency", "VirtioIOMMUDevice.checkConsistency",
+        "IOMMUCore.checkConsistency", "ARMSMMUDriver.checkConsistency", "SMMUDomainOps.checkPageTableConsistency (every SMMU domain's page table)",
+        "IOVADomain.checkConsistency (DMA cookies + standalone)", "DMACookie.checkConsistency (dma-debug records vs. IOVAs and tables)", "VFIOContainer.checkConsistency", "VirtioIOMMUDevice.checkConsistency",
         "IOMMUCore.checkConsistency (virtio guest)", "VFIO pin accounting", "DMA-API live mappings vs. page tables",
     ]
 
@@ -212,8 +212,13 @@ final class SoakPlatform: @unchecked Sendable {
             for d in [core.domain(for: id), core.defaultDomain(for: id)] { if let d { domains[ObjectIdentifier(d)] = d } }
         }
         for d in accelDomains { domains[ObjectIdentifier(d)] = d }
-        for d in domains.values { if let ops = d.ops as? SMMUDomainOps { problems += ops.checkConsistency(memory: memory) } }
-        for device in [strict, lazy, untrusted] { problems += device.cookie?.iovad.checkConsistency() ?? [] }
+        for d in domains.values {
+            if let ops = d.ops as? SMMUDomainOps { problems += ops.checkPageTableConsistency() }
+        }
+        for device in [strict, lazy, untrusted] {
+            problems += device.cookie?.iovad.checkConsistency() ?? []
+            problems += device.cookie?.checkConsistency() ?? []
+        }
         problems += iova.checkConsistency()
         problems += container.checkConsistency()
         problems += virtio.checkConsistency()

@@ -73,7 +73,7 @@ public enum SoakRunner {
 
         repeat {
             let stop = Atomic<Bool>(false)
-            runThreads(configuration.threads) { i in
+            runOnThreads(configuration.threads) { i in
                 let w = workers[i]
                 for n in 0..<configuration.operationsPerCheck {
                     w.step()
@@ -91,7 +91,7 @@ public enum SoakRunner {
         } while monotonicNanoseconds() < deadline
 
         // The end: undo everything, drain the flush queues, check once more, take it all down.
-        runThreads(configuration.threads) { i in workers[i].release() }
+        runOnThreads(configuration.threads) { i in workers[i].release() }
         for cpu in 0..<configuration.threads { platform.lazy.cookie?.flushQueuesNow(cpu: cpu) }
         checkpoint("final checkpoint")
         for v in platform.teardown() { report.record(violation: v) }
@@ -168,31 +168,5 @@ public enum SoakRunner {
         var time = timespec()
         clock_gettime(CLOCK_MONOTONIC, &time)
         return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
-    }
-
-    /// Runs `body(0..<n)` on `n` threads and waits for all of them.
-    static func runThreads(_ n: Int, _ body: @escaping @Sendable (Int) -> Void) {
-        final class Box: @unchecked Sendable {
-            let body: @Sendable (Int) -> Void
-            let index: Int
-            init(_ body: @escaping @Sendable (Int) -> Void, _ index: Int) {
-                self.body = body
-                self.index = index
-            }
-        }
-        if n == 1 { body(0); return }
-        var threads: [pthread_t] = []
-        for i in 0..<n {
-            var thread = pthread_t()
-            let context = Unmanaged.passRetained(Box(body, i)).toOpaque()
-            let rc = pthread_create(&thread, nil, { raw in
-                let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
-                box.body(box.index)
-                return nil
-            }, context)
-            precondition(rc == 0, "pthread_create failed")
-            threads.append(thread)
-        }
-        for thread in threads { pthread_join(thread, nil) }
     }
 }

@@ -18,10 +18,10 @@ let maximumRAM: UInt64 = 4 << 30
 
 /// Fuzzes the scenario parser (`Scenario.parse(bytes:)`, YAML via Yams) and, for an accepted
 /// scenario within the bounds above, the runner: the platform is built by `ScenarioRunner`, the
-/// workload runs, and then every checker the runner's objects offer must be clean — the core,
-/// each Arm SMMU driver and every SMMU domain's page table (vs. the hardware walker), the IOVA
-/// domains of `iova-alloc` steps and of the DMA layer's cookies, the VFIO container, and the
-/// virtio-iommu device. A rejected input must be a `line: message` error with line ≥ 1 (never a
+/// workload runs step by step, and after boot and every step `ScenarioRunner.checkConsistency()`
+/// must be clean: the core, each SMMU and DART driver, every live domain's page table (vs. the
+/// hardware walker), the IOVA domains of `iova-alloc` steps and of the DMA layer's cookies, each
+/// cookie's live mappings, the VFIO container and the virtio-iommu device. A rejected input must be a `line: message` error with line ≥ 1 (never a
 /// trap). Whatever a step returns (an errno is fine) must leave the model consistent.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzScenario(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
@@ -48,39 +48,18 @@ public func fuzzScenario(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
         if debug { print("platform refused: \(error)") }
         return 0
     }
-    let boot = consistencyViolations(runner)
+    let boot = runner.checkConsistency()
     if !boot.isEmpty { fatalError("inconsistent after boot: \(boot)") }
     // Step by step, so a violation names the step that caused it.
     for index in 1...max(1, scenario.steps.count) where index <= scenario.steps.count {
         runner.run(upTo: index)
-        let problems = consistencyViolations(runner)
+        let problems = runner.checkConsistency()
         if !problems.isEmpty {
             fatalError("after step \(index) (line \(scenario.steps[index - 1].line)): \(problems)")
         }
     }
     if debug { for step in runner.report.steps { print("step \(step.index) line \(step.line): \(step.action) -> \(step.result)") } }
     return 0
-}
-
-/// Every consistency checker reachable from the runner (a local stand-in for a runner-wide check).
-func consistencyViolations(_ runner: ScenarioRunner) -> [ConsistencyViolation] {
-    var problems = runner.core.checkConsistency()
-    for driver in runner.smmuDrivers { problems += driver.checkConsistency() }
-    var domains: [ObjectIdentifier: IOMMUDomain] = [:]
-    for device in runner.scenario.platform.devices {
-        guard let id = runner.core.device(named: device.name) else { continue }
-        for d in [runner.core.domain(for: id), runner.core.defaultDomain(for: id)] {
-            if let d { domains[ObjectIdentifier(d)] = d }
-        }
-    }
-    for domain in domains.values {
-        if let ops = domain.ops as? SMMUDomainOps { problems += ops.checkConsistency(memory: runner.memory) }
-        if let cookie = runner.dmaAPI.cookie(of: domain) { problems += cookie.iovad.checkConsistency() }
-    }
-    for iovad in runner.stepIOVADomains { problems += iovad.checkConsistency() }
-    if let container = runner.container { problems += container.checkConsistency() }
-    if let virtio = runner.virtioDevice { problems += virtio.checkConsistency() }
-    return problems
 }
 
 /// Whether a step names a length, size or count over the bounds (found by reflection, so new
