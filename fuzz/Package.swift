@@ -34,6 +34,14 @@ let package = Package(
             swiftSettings: settings
         ),
         .executableTarget(
+            name: "FuzzScenario",
+            dependencies: [
+                .product(name: "IOMMUKit", package: "IOMMUKit"),
+                .product(name: "IOMMUScenario", package: "IOMMUKit"),
+            ],
+            swiftSettings: settings
+        ),
+        .executableTarget(
             name: "FuzzVirtioRequest",
             dependencies: [.product(name: "IOMMUKit", package: "IOMMUKit")],
             swiftSettings: settings

@@ -5,7 +5,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 seconds="${FUZZ_SECONDS:-60}"
-targets=(FuzzVFIOIoctl FuzzTraceLine FuzzPageTableOps FuzzVirtioRequest)
+targets=(FuzzVFIOIoctl FuzzTraceLine FuzzPageTableOps FuzzVirtioRequest FuzzScenario)
 "$here/build.sh" "${targets[@]}"
 status=0
 for t in "${targets[@]}"; do

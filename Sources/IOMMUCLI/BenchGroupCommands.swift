@@ -159,11 +159,42 @@ struct AllBenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "all",
         abstract: "A quick run of every benchmark group (iova, pgtable, translate, vfio) in one table.",
-        discussion: "Small counts, one or three runs: a smoke check and a rough picture in a few seconds. Use the group subcommands for real figures."
+        discussion: """
+            Small counts, one or three runs: a smoke check and a rough picture in a few seconds. Use the group subcommands for real figures.
+
+            With --soak DURATION (`iommu bench --soak 30s`), runs the soak instead: a seeded mixed workload on two \
+            threads over the whole stack - DMA-API map/unmap (page, sg, coherent; strict and lazy domains; an \
+            untrusted device's bounced mappings), device DMA through the SMMU model racing unmap + IOTLB \
+            invalidation, VFIO MAP/UNMAP with an mdev-style device pinning pages, virtio-iommu ATTACH/MAP/UNMAP, \
+            IOVA fast alloc/free, attach/detach of groups between domains - with every consistency checker run at \
+            quiesced checkpoints (every 2000 operations per thread) and at the end, then leak checks at teardown. \
+            Prints operations per kind, checker runs, violations, warnings by kind and the elapsed time \
+            (--json: one object). Exit status 1 on any violation (the soak does only valid operations, so any \
+            warning counts as one), 2 on a bad DURATION.
+            """
     )
     @Flag(help: "Print JSON instead of a table.") var json = false
 
+    @Option(help: ArgumentHelp("Run the soak for this long instead (30s, 5m, 1h).", valueName: "duration"))
+    var soak: String?
+
+    @Option(help: "Seed of the soak's random choices.") var seed: UInt64 = 1
+
+    func validate() throws {
+        if let soak, SoakBench.parseDuration(soak) == nil {
+            var stderr = StandardError()
+            print("iommu bench: --soak '\(soak)': \(SoakBench.durationHelp)", to: &stderr)
+            throw ExitCode(2)
+        }
+    }
+
     func run() throws {
+        if let soak, let nanoseconds = SoakBench.parseDuration(soak) {
+            var stdout = StandardOutput()
+            let status = SoakBench.run(durationNanoseconds: nanoseconds, seed: seed, json: json, stdout: &stdout)
+            if status != 0 { throw ExitCode(status) }
+            return
+        }
         var rows: [BenchRow] = []
         for workload in [IOVAWorkload.allCases[0]] {
             let r = try runIOVAWorkload(workload, policy: .checking, scale: 0.01, seed: 1)

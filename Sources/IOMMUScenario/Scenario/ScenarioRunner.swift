@@ -73,6 +73,14 @@ public final class ScenarioRunner {
         boot()
     }
 
+    /// The scenario's process exits: its VFIO group and container files close, as Linux closes
+    /// a process's fds at exit (`vfio_group_fops_release`, container release). Without this the
+    /// VFIO registry and the container keep each other, and with them the whole platform, alive.
+    deinit {
+        for group in vfioGroups.values { group.close() }
+        container?.close()
+    }
+
     // MARK: - Boot
 
     func boot() {
