@@ -1,8 +1,10 @@
 /// One broken invariant found by a consistency checker.
 ///
-/// Every top-level IOMMUKit object (`IOMMUCore`, `IOVADomain`, `ARMSMMU`/`ARMSMMUDriver`,
-/// `VFIOContainer`, `VirtioIOMMUDevice`, page tables via `HardwareWalker`) offers
-/// `checkConsistency() -> [ConsistencyViolation]`: it cross-checks its redundant state (mapping
+/// Every top-level IOMMUKit object (`IOMMUCore`, `IOVADomain`, `ARMSMMUDriver`,
+/// `AppleDARTDriver`, `DMACookie`, `VFIOContainer`, `VirtioIOMMUDevice`, page tables via
+/// `HardwareWalker`; all of a scenario's at once: `ScenarioRunner.consistencyChecks()`, or
+/// `iommu inspect --check`) offers `checkConsistency() -> [ConsistencyViolation]`: it
+/// cross-checks its redundant state (mapping
 /// lists against page tables, pin counts against accounting, reference counts against links)
 /// and returns what does not agree; `[]` means consistent. Checkers only read; they take the
 /// object's locks like any other reader, so call them when no operation is in flight if the
