@@ -151,7 +151,8 @@ public struct IOPageTable<Format: PageTableFormat>: ~Copyable {
     ///
     /// - Returns: bytes mapped (`n × pageSize`, `n ≤ count`).
     /// - Throws: `unsupportedPageSize` (EINVAL) for a size not in `geometry.pageSizes`;
-    ///   `addressOutOfRange` (ERANGE) for IOVA bits at/above ias (LPAE) or PA bits at/above oas;
+    ///   `addressOutOfRange` (ERANGE) for IOVA bits at/above ias (LPAE) or PA bits at/above oas
+    ///   anywhere in the run (Linux checks the first page only);
     ///   `noAccessPermission` (EINVAL) without read or write; `alreadyMapped` (EEXIST) over a
     ///   leaf; `outOfMemory` (ENOMEM) when a table page cannot be allocated; `invalidArgument`
     ///   (EINVAL) if replacing a table by a block did not unmap exactly one block.
@@ -163,8 +164,13 @@ public struct IOPageTable<Format: PageTableFormat>: ~Copyable {
             warnings.warn(.unsupportedPageSize(iova: iova, pageSize: pageSize.bytes))
             throw IOMMUError(.unsupportedPageSize, address: iova.rawValue, length: pageSize.bytes)
         }
+        // Linux checks only the first page's PA; a run that crosses 2^oas would then get
+        // descriptors whose output address is truncated — pages far below the buffer, memory the
+        // device was never given. IOMMUKit checks the run's last byte too (same ERANGE).
+        let (runBytes, huge) = UInt64(max(count, 1)).multipliedReportingOverflow(by: pageSize.bytes)
+        let (lastPA, wraps) = paddr.rawValue.addingReportingOverflow(runBytes &- 1)
         guard !(Format.checksInputRange && iova.rawValue &>> UInt64(geometry.ias) != 0),
-              paddr.rawValue &>> UInt64(geometry.oas) == 0
+              !huge, !wraps, lastPA &>> UInt64(geometry.oas) == 0
         else {
             warnings.warn(.addressOutOfRange(iova: iova, paddr: paddr))
             throw IOMMUError(.addressOutOfRange, address: iova.rawValue, length: pageSize.bytes)
@@ -246,7 +252,7 @@ public struct IOPageTable<Format: PageTableFormat>: ~Copyable {
         var pa = paddr
         for j in 0..<count {
             table[first &+ j].store(Format.leaf(attributes: attributes, paddr: pa, level: level), ordering: .releasing)
-            pa &+= 1 &<< shift   // within oas: checked by the caller for the first page
+            pa &+= 1 &<< shift   // within oas: the caller checked the run's first and last byte
         }
     }
 

@@ -66,6 +66,30 @@ struct EdgeCaseTests {
         #expect(table.unmap(iova: IOVA(1 << 32), pageSize: .size4K) == 0)
     }
 
+    /// A run whose first page is below 2^oas but whose last is not: Linux checks only the first
+    /// page and would write descriptors with truncated output addresses (page 2^48 → PA 0).
+    /// IOMMUKit refuses the whole run with the same ERANGE, and maps nothing (found by the
+    /// virtio-request fuzzer: a MAP of 2 MiB at PA 0xffffffff0000 reached PA 0xef000).
+    @Test func aRunCrossingTheOutputAddressSizeIsERANGEAndMapsNothing() throws {
+        let frames = try makeFrames()
+        let sink = RecordingWarningSink()
+        let table = try makeS1(frames, sink: sink)
+        let top = PhysAddr((1 << 48) - 0x1000)
+        let error = #expect(throws: IOMMUError.self) {
+            _ = try table.map(iova: IOVA(0x20_0000), paddr: top, pageSize: .size4K, count: 2, prot: .read)
+        }
+        #expect(error?.code == .outOfRange)
+        #expect(table.iovaToPhys(IOVA(0x20_0000)) == nil && table.iovaToPhys(IOVA(0x20_1000)) == nil)
+        #expect(sink.warnings.count == 1)
+        // The last page below 2^48 alone is fine.
+        #expect(try table.map(iova: IOVA(0x20_0000), paddr: top, pageSize: .size4K, count: 1, prot: .read) == 0x1000)
+        #expect(table.iovaToPhys(IOVA(0x20_0fff)) == PhysAddr((1 << 48) - 1))
+        // A count so large the run's length overflows is refused too.
+        #expect(throws: IOMMUError.self) {
+            _ = try table.map(iova: IOVA(0x40_0000), paddr: PhysAddr(0x1000), pageSize: .size4K, count: Int.max, prot: .read)
+        }
+    }
+
     @Test func unsupportedPageSizeIsEINVAL() throws {
         let table = try makeS1(try makeFrames())
         let error = #expect(throws: IOMMUError.self) {

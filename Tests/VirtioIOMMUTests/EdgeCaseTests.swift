@@ -55,6 +55,21 @@ import Testing
         #expect(h.device.mappingConsistencyViolations() == [])
     }
 
+    /// Found by FuzzVirtioRequest: a 2 MiB MAP whose physical range starts below 2^48 and ends
+    /// above it. The page table used to take the first page's PA check for the whole run and
+    /// wrote descriptors with truncated output addresses (IOVA 0x2ff000 → PA 0xef000). Now the
+    /// table refuses the run (ERANGE), the request fails RANGE, and nothing is mapped.
+    @Test func mapWhosePhysicalRangeCrossesTheOutputAddressSizeIsRANGE() throws {
+        let h = try attached()
+        h.expectFailure(.range, Req.map(domain: 1, first: 0x20_0000, last: 0x3F_FFFF, phys: 0xFFFF_FFFF_0000, flags: W))
+        #expect(h.device.mappings(ofDomain: 1)?.isEmpty == true)
+        #expect(h.device.translate(endpoint: 1, iova: 0x2F_F000, write: true) != .translated(PhysAddr(0xEF000)))
+        #expect(h.device.mappingConsistencyViolations() == [])
+        // Up to the last page below 2^48 is fine.
+        h.expectOK(h.map(1, 0x20_0000, 0x20_FFFF, 0xFFFF_FFFF_0000, W))
+        #expect(h.device.mappingConsistencyViolations() == [])
+    }
+
     @Test func e7MapPartlyOutsideInputRangeIsRANGE() throws {
         let h = try attached(VirtioIOMMUConfiguration(inputRange: 0x1000...0xFFFF_FFFF))
         h.expectFailure(.range, Req.map(domain: 1, first: 0xFFFF_F000, last: 0x1_0000_0FFF, phys: 0x8000_0000, flags: R))
