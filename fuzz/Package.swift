@@ -15,19 +15,21 @@ let package = Package(
         .package(name: "IOMMUKit", path: ".."),
     ],
     targets: [
+        .target(name: "FuzzSupport", swiftSettings: settings),
         .executableTarget(
             name: "FuzzVFIOIoctl",
-            dependencies: [.product(name: "IOMMUKit", package: "IOMMUKit")],
+            dependencies: ["FuzzSupport", .product(name: "IOMMUKit", package: "IOMMUKit")],
             swiftSettings: settings
         ),
         .executableTarget(
             name: "FuzzTraceLine",
-            dependencies: [.product(name: "IOMMUScenario", package: "IOMMUKit")],
+            dependencies: ["FuzzSupport", .product(name: "IOMMUScenario", package: "IOMMUKit")],
             swiftSettings: settings
         ),
         .executableTarget(
             name: "FuzzPageTableOps",
             dependencies: [
+                "FuzzSupport",
                 .product(name: "IOMMUKit", package: "IOMMUKit"),
                 .product(name: "IOMMUScenario", package: "IOMMUKit"),
             ],
@@ -36,6 +38,7 @@ let package = Package(
         .executableTarget(
             name: "FuzzScenario",
             dependencies: [
+                "FuzzSupport",
                 .product(name: "IOMMUKit", package: "IOMMUKit"),
                 .product(name: "IOMMUScenario", package: "IOMMUKit"),
             ],
@@ -43,7 +46,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "FuzzVirtioRequest",
-            dependencies: [.product(name: "IOMMUKit", package: "IOMMUKit")],
+            dependencies: ["FuzzSupport", .product(name: "IOMMUKit", package: "IOMMUKit")],
             swiftSettings: settings
         ),
     ]

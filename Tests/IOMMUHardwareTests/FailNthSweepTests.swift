@@ -14,13 +14,10 @@ import Testing
 /// still works (the operation succeeds once disarmed).
 @Suite("fail_nth sweeps: core + SMMU")
 struct FailNthSweepTests {
-    enum Injector: String, CaseIterable, CustomTestStringConvertible {
-        case frames, driver, core
-        var testDescription: String { rawValue }
-    }
+    typealias Injector = SweepInjector
 
     /// A machine with one SMMU registered; `dev` not yet added.
-    final class Fixture {
+    final class Fixture: SweepFixture {
         let machine = TestMachine()
         let driver: ARMSMMUDriver
         let description = DeviceDescription.pci(PCIAddress(bus: 0, device: 3, function: 0),
@@ -37,7 +34,6 @@ struct FailNthSweepTests {
             case .core: core.domainAllocationFailNth
             }
         }
-        func disarmAll() { for kind in Injector.allCases { injector(kind).disarm() } }
         func expectConsistent(_ label: String, sourceLocation: SourceLocation = #_sourceLocation) {
             #expect(core.checkConsistency() == [], "\(label)", sourceLocation: sourceLocation)
             #expect(driver.checkConsistency() == [], "\(label)", sourceLocation: sourceLocation)
@@ -52,35 +48,10 @@ struct FailNthSweepTests {
                setUp: (Fixture) throws -> Void = { _ in },
                attempt: (Fixture) throws -> Bool,
                afterFailure: (Fixture, Int) throws -> Void,
-               tearDown: (Fixture) throws -> Void) throws -> Int {
-        for n in 1...limit {
-            let f = try Fixture()
-            try setUp(f)
-            f.injector(injector).failOn(n)
-            let ok = try attempt(f)
-            let fired = f.injector(injector).failureCount > 0
-            f.disarmAll()
-            if !fired {
-                #expect(ok, "\(label) [\(injector)] n=\(n): nothing failed, yet the operation failed")
-                try tearDown(f)
-                #expect(f.machine.frames.framesInUse == 0, "\(label) [\(injector)] n=\(n) success path leaked frames")
-                print("fail_nth sweep: \(label) [\(injector)] failed for n = 1..<\(n), succeeded at n = \(n)")
-                return n
-            }
-            if !ok {
-                try afterFailure(f, n)
-                f.expectConsistent("\(label) [\(injector)] n=\(n)")
-                // Still works: the same operation succeeds now.
-                #expect(try attempt(f), "\(label) [\(injector)] n=\(n): retry after the failure")
-                f.expectConsistent("\(label) [\(injector)] n=\(n) after retry")
-            }
-            try tearDown(f)
-            #expect(f.machine.frames.framesInUse == 0, "\(label) [\(injector)] n=\(n) leaked \(f.machine.frames.framesInUse) frames")
-            #expect(f.core.liveDomainCount == 0, "\(label) [\(injector)] n=\(n) leaked domains")
-            #expect(f.core.checkConsistency() == [])
-        }
-        Issue.record("\(label) [\(injector)] did not succeed within \(limit) failures")
-        return limit
+               tearDown: (Fixture) throws -> Void,
+               sourceLocation: SourceLocation = #_sourceLocation) throws -> Int {
+        try failNthSweep(Fixture.self, injector, label, limit: limit, setUp: setUp, attempt: attempt,
+                         afterFailure: afterFailure, tearDown: tearDown, sourceLocation: sourceLocation)
     }
 
     func removeAll(_ f: Fixture) throws {

@@ -3,8 +3,8 @@ import IOMMUScenario
 
 /// Shared across inputs: a table is built and destroyed per input, so every frame must come
 /// back (checked).
-nonisolated(unsafe) let memory = try! PhysicalMemory(addressBits: 48, ramBase: PhysAddr(0x8000_0000), ramSize: 1 << 30)
-nonisolated(unsafe) let frames = FrameAllocator(memory: memory)
+let memory = try! PhysicalMemory(addressBits: 48, ramBase: PhysAddr(0x8000_0000), ramSize: 1 << 30)
+let frames = FrameAllocator(memory: memory)
 
 /// Fuzzes the `iommu pgtable` ops-file parser and the page table behind it: parse any bytes
 /// (must not trap); if accepted, apply the ops (as the CLI does) to a table whose format is

@@ -6,10 +6,10 @@ import Glibc
 /// `FUZZ_DEBUG=1 fuzz/out/FuzzVFIOIoctl INPUT` prints each ioctl and its result.
 let debug = getenv("FUZZ_DEBUG") != nil
 
-nonisolated(unsafe) let memory = try! PhysicalMemory(addressBits: 48, ramBase: PhysAddr(0x8000_0000), ramSize: 1 << 30)
+let memory = try! PhysicalMemory(addressBits: 48, ramBase: PhysAddr(0x8000_0000), ramSize: 1 << 30)
 /// Page-table frames (the SMMU driver) and process memory (HostMemory) come from separate halves.
-nonisolated(unsafe) let tableFrames = FrameAllocator(memory: memory, region: PhysRange(start: PhysAddr(0x8000_0000), length: 1 << 29)!)
-nonisolated(unsafe) let processFrames = FrameAllocator(memory: memory, region: PhysRange(start: PhysAddr(0xA000_0000), length: 1 << 29)!)
+let tableFrames = FrameAllocator(memory: memory, region: PhysRange(start: PhysAddr(0x8000_0000), length: 1 << 29)!)
+let processFrames = FrameAllocator(memory: memory, region: PhysRange(start: PhysAddr(0xA000_0000), length: 1 << 29)!)
 
 /// Where the fixture maps process memory (seeds use these vaddrs).
 let anonymousBase: UInt64 = 0x10_0000_0000 // 64 KiB anonymous

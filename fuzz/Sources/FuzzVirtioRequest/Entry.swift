@@ -1,19 +1,7 @@
-// SwiftPM links a Linux executable with `main` aliased to `FuzzVirtioRequest_main`; hand control to
-// libFuzzer's driver from there (libFuzzer's own `main` is then not linked).
+import FuzzSupport
 
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(
-    _ argc: UnsafeMutablePointer<Int32>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
-) -> Int32
-
+// SwiftPM links a Linux executable with `main` aliased to `FuzzVirtioRequest_main`.
 @_cdecl("FuzzVirtioRequest_main")
 func fuzzMain(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-    var argc = argc
-    var argv = argv
-    return LLVMFuzzerRunDriver(&argc, &argv) { data, size in
-        guard let data else { return 0 }
-        return fuzzVirtioRequest(data, size)
-    }
+    runLibFuzzer(argc, argv) { data, size in data.map { fuzzVirtioRequest($0, size) } ?? 0 }
 }

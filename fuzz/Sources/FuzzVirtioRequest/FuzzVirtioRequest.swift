@@ -1,7 +1,7 @@
 import IOMMUKit
 
-nonisolated(unsafe) let memory = try! PhysicalMemory(addressBits: 48, ramBase: PhysAddr(0x8000_0000), ramSize: 2 << 30)
-nonisolated(unsafe) let frames = FrameAllocator(memory: memory, region: PhysRange(start: PhysAddr(0xC000_0000), length: 1 << 30)!)
+let memory = try! PhysicalMemory(addressBits: 48, ramBase: PhysAddr(0x8000_0000), ramSize: 2 << 30)
+let frames = FrameAllocator(memory: memory, region: PhysRange(start: PhysAddr(0xC000_0000), length: 1 << 30)!)
 
 /// Fuzzes the virtio-iommu request queue at the byte level (`handleRequest(readable:
 /// writableLength:)`, the path every virtqueue chain takes). The input is a sequence of requests,
