@@ -19,24 +19,14 @@ extension TraceEvent {
 }
 
 extension TraceEventBody {
-    /// The text after `NAME: `, exactly as the kernel's `print fmt` produces it.
+    /// The text after `NAME: `, exactly as the kernel's `print fmt` produces it (the `iommu`
+    /// events through `IOMMUTraceEvent.text`).
     public var renderedBody: String {
         switch self {
-        case .addDeviceToGroup(let event), .removeDeviceFromGroup(let event):
-            return "IOMMU: groupID=\(event.groupID) device=\(event.device)"
-        case .attachDeviceToDomain(let event), .detachDeviceFromDomain(let event):
-            return "IOMMU: device=\(event.device)"
-        case .map(let event):
-            return "IOMMU: iova=0x" + TraceText.hex16(event.iova.rawValue)
-                + " - 0x" + TraceText.hex16(event.iova.rawValue &+ event.length)
-                + " paddr=0x" + TraceText.hex16(event.paddr.rawValue) + " size=\(event.length)"
-        case .unmap(let event):
-            return "IOMMU: iova=0x" + TraceText.hex16(event.iova.rawValue)
-                + " - 0x" + TraceText.hex16(event.iova.rawValue &+ event.length)
-                + " size=\(event.length) unmapped_size=\(event.unmappedLength)"
-        case .ioPageFault(let event):
-            return "IOMMU:\(event.driver) \(event.device) iova=0x" + TraceText.hex16(event.iova.rawValue)
-                + " flags=0x" + TraceText.padLeft(String(event.flags, radix: 16), to: 4, with: "0")
+        case .addDeviceToGroup, .removeDeviceFromGroup, .attachDeviceToDomain, .detachDeviceFromDomain, .map, .unmap,
+             .ioPageFault:
+            // One renderer for the `iommu` events: the core's, which also emits them.
+            return iommuEvent!.text
         case .dmaMapPage(let event):
             return "\(event.device) dir=\(event.direction) dma_addr=" + String(event.dmaAddress.rawValue, radix: 16)
                 + " size=\(event.length) phys_addr=" + String(event.physAddress.rawValue, radix: 16)
@@ -71,11 +61,6 @@ extension TraceEventBody {
 
 /// Small formatting helpers shared by rendering and reports.
 enum TraceText {
-    /// `%016llx`.
-    static func hex16(_ value: UInt64) -> String {
-        padLeft(String(value, radix: 16), to: 16, with: "0")
-    }
-
     /// `__print_array` of u64 or u32 elements: `{0x1,0x2}`.
     static func array(_ values: [UInt64]) -> String {
         var text = "{"
